@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Each sets up everything it needs by itself.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format fashion-mnist clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist (IDX files). Without apt the demo falls back to synthetic data.
+fashion-mnist:
+	@if [ ! -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist \
+			|| echo "could not install dataset-fashion-mnist; the demo will use synthetic data"; \
+	fi
+
+demo: $(STAMP) fashion-mnist
+	$(PY) -m tf_simclr.demo
+
+test: $(STAMP) fashion-mnist
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_run

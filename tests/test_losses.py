@@ -1,0 +1,285 @@
+"""Losses against independent NumPy implementations of SimCLR eq. 1 and SimCLRv2 eq. 3-4."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr.config import LossConfig
+from tf_simclr.objectives import (
+    contrastive_loss,
+    contrastive_metrics,
+    distillation_loss,
+    supervised_loss,
+)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _paper_nt_xent(hidden: np.ndarray, temperature: float, hidden_norm: bool = True) -> float:
+    """SimCLR eq. 1: 1/(2N) sum over all 2N anchors, positive k <-> k + N, self excluded."""
+    z = _normalise(hidden.astype(np.float64)) if hidden_norm else hidden.astype(np.float64)
+    two_n = z.shape[0]
+    n = two_n // 2
+    similarity = z @ z.T / temperature
+    total = 0.0
+    for i in range(two_n):
+        others = np.delete(similarity[i], i)
+        log_denominator = np.log(np.sum(np.exp(others - others.max()))) + others.max()
+        total += -(similarity[i, (i + n) % two_n] - log_denominator)
+    return total / two_n
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "temperature"),
+    [(1, 3, 0.5), (2, 5, 0.5), (4, 16, 0.1), (7, 8, 1.0), (16, 32, 0.2)],
+)
+def test_nt_xent_matches_numpy_paper_formula(n: int, dim: int, temperature: float) -> None:
+    rng = np.random.default_rng(n * 100 + dim)
+    hidden = rng.normal(size=(2 * n, dim)).astype(np.float32)
+    paper = _paper_nt_xent(hidden, temperature)
+
+    loss, _, _ = contrastive_loss(tf.constant(hidden), temperature=temperature)
+    paper_loss, _, _ = contrastive_loss(
+        tf.constant(hidden), temperature=temperature, loss_scale="paper"
+    )
+
+    np.testing.assert_allclose(loss.numpy(), 2.0 * paper, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(paper_loss.numpy(), paper, rtol=1e-5, atol=1e-5)
+
+
+def test_nt_xent_without_hidden_norm_uses_raw_dot_products() -> None:
+    rng = np.random.default_rng(3)
+    hidden = (0.3 * rng.normal(size=(10, 6))).astype(np.float32)
+    loss, _, _ = contrastive_loss(tf.constant(hidden), temperature=0.5, hidden_norm=False)
+    expected = 2.0 * _paper_nt_xent(hidden, 0.5, hidden_norm=False)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 5, 32])
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0, 5.0])
+def test_nt_xent_collinear_embeddings_closed_form(n: int, temperature: float) -> None:
+    rng = np.random.default_rng(n)
+    direction = rng.normal(size=(1, 12))
+    scales = rng.uniform(0.5, 3.0, size=(2 * n, 1))
+    hidden = tf.constant((scales * direction).astype(np.float32))
+
+    loss, _, _ = contrastive_loss(hidden, temperature=temperature)
+    paper_loss, _, _ = contrastive_loss(hidden, temperature=temperature, loss_scale="paper")
+
+    np.testing.assert_allclose(loss.numpy(), 2.0 * math.log(2 * n - 1), rtol=1e-5)
+    np.testing.assert_allclose(paper_loss.numpy(), math.log(2 * n - 1), rtol=1e-5)
+
+
+def test_logits_and_labels_layout() -> None:
+    n, temperature = 4, 0.2
+    rng = np.random.default_rng(7)
+    hidden = rng.normal(size=(2 * n, 5)).astype(np.float32)
+    z = _normalise(hidden.astype(np.float64))
+    z1, z2 = z[:n], z[n:]
+
+    _, logits, labels = contrastive_loss(tf.constant(hidden), temperature=temperature)
+
+    assert logits.shape == (n, 2 * n) and labels.shape == (n, 2 * n)
+    np.testing.assert_array_equal(labels.numpy(), np.eye(n, 2 * n))
+    np.testing.assert_allclose(logits.numpy()[:, :n], z1 @ z2.T / temperature, atol=1e-5)
+    off_diagonal = ~np.eye(n, dtype=bool)
+    aa = logits.numpy()[:, n:]
+    np.testing.assert_allclose(aa[off_diagonal], (z1 @ z1.T / temperature)[off_diagonal], atol=1e-5)
+    assert np.all(np.diag(aa) < -1e8)
+
+
+def test_contrastive_metrics_match_numpy() -> None:
+    n, temperature = 6, 0.5
+    rng = np.random.default_rng(11)
+    view1 = rng.normal(size=(n, 8))
+    view2 = view1.copy()
+    view2[: n // 2] = rng.normal(size=(n // 2, 8))  # half of the pairs no longer match
+    hidden = np.concatenate([view1, view2]).astype(np.float32)
+    z = _normalise(hidden.astype(np.float64))
+    rows = np.concatenate([z[:n] @ z[n:].T, z[:n] @ z[:n].T], axis=1) / temperature
+    rows[:, n:][np.eye(n, dtype=bool)] = -np.inf
+    probs = np.exp(_log_softmax(rows))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    expected_entropy = -plogp.sum(axis=1).mean()
+    expected_accuracy = np.mean(np.argmax(rows, axis=1) == np.arange(n))
+
+    _, logits, labels = contrastive_loss(tf.constant(hidden), temperature=temperature)
+    metrics = contrastive_metrics(logits, labels)
+
+    assert 0.4 < expected_accuracy < 1.0  # the matching half is found, not every mismatch
+    np.testing.assert_allclose(metrics["contrast_acc"].numpy(), expected_accuracy)
+    np.testing.assert_allclose(metrics["contrast_entropy"].numpy(), expected_entropy, rtol=1e-5)
+
+
+def test_contrastive_metrics_uniform_distribution_entropy() -> None:
+    n = 3
+    hidden = tf.ones((2 * n, 4))  # all similarities equal: uniform over the 2n - 1 candidates
+    _, logits, labels = contrastive_loss(hidden, temperature=0.1)
+    metrics = contrastive_metrics(logits, labels)
+    np.testing.assert_allclose(metrics["contrast_entropy"].numpy(), math.log(2 * n - 1), rtol=1e-5)
+
+
+def test_nt_xent_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(5)
+    hidden = rng.normal(size=(6, 4))
+    temperature = 0.5
+    variable = tf.Variable(hidden.astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss, _, _ = contrastive_loss(variable, temperature=temperature)
+    gradient = tape.gradient(loss, variable).numpy()
+
+    step = 1e-6
+    numeric = np.zeros_like(hidden)
+    for index in np.ndindex(*hidden.shape):
+        plus, minus = hidden.copy(), hidden.copy()
+        plus[index] += step
+        minus[index] -= step
+        difference = _paper_nt_xent(plus, temperature) - _paper_nt_xent(minus, temperature)
+        numeric[index] = 2.0 * difference / (2 * step)
+    np.testing.assert_allclose(gradient, numeric, atol=1e-4)
+
+
+def test_nt_xent_under_tf_function_with_unknown_batch() -> None:
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(8, 3)).astype(np.float32)
+    compute = tf.function(
+        lambda h: contrastive_loss(h, temperature=0.3)[0],
+        input_signature=[tf.TensorSpec([None, 3], tf.float32)],
+    )
+    np.testing.assert_allclose(
+        compute(tf.constant(hidden)).numpy(), 2.0 * _paper_nt_xent(hidden, 0.3), rtol=1e-5
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="even number of rows"):
+        compute(tf.constant(hidden[:7]))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.1])
+def test_nt_xent_rejects_non_positive_temperature(temperature: float) -> None:
+    with pytest.raises(ValueError, match=r"temperature=.* must be > 0"):
+        contrastive_loss(tf.ones((4, 3)), temperature=temperature)
+
+
+def test_nt_xent_rejects_odd_or_badly_shaped_batches() -> None:
+    with pytest.raises(ValueError, match="even, non-zero number"):
+        contrastive_loss(tf.ones((5, 3)))
+    with pytest.raises(ValueError, match="even, non-zero number"):
+        contrastive_loss(tf.ones((0, 3)))
+    with pytest.raises(ValueError, match=r"must be \[2n, d\]"):
+        contrastive_loss(tf.ones((4,)))
+    with pytest.raises(ValueError, match="loss_scale"):
+        contrastive_loss(tf.ones((4, 3)), loss_scale="mean")
+
+
+def test_contrastive_metrics_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="outputs of contrastive_loss"):
+        contrastive_metrics(tf.zeros((4, 8)), tf.zeros((4, 6)))
+
+
+def test_supervised_loss_matches_numpy() -> None:
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=6)
+    log_probs = _log_softmax(logits.astype(np.float64))
+    expected = -log_probs[np.arange(6), labels].mean()
+    smoothing = 0.2
+    targets = np.eye(5)[labels] * (1 - smoothing) + smoothing / 5
+    expected_smoothed = -(targets * log_probs).sum(axis=1).mean()
+
+    loss = supervised_loss(tf.constant(labels), tf.constant(logits))
+    smoothed = supervised_loss(tf.constant(labels), tf.constant(logits), label_smoothing=smoothing)
+
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(smoothed.numpy(), expected_smoothed, rtol=1e-5)
+
+
+def test_supervised_loss_rejects_bad_arguments() -> None:
+    logits = tf.zeros((4, 3))
+    with pytest.raises(ValueError, match="integer class ids"):
+        supervised_loss(tf.one_hot([0, 1, 2, 0], 3), logits)
+    with pytest.raises(ValueError, match="4 examples but logits has 3"):
+        supervised_loss(tf.constant([0, 1, 2, 0]), tf.zeros((3, 3)))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        supervised_loss(tf.constant([0, 1, 2, 0]), logits, label_smoothing=1.0)
+
+
+def _numpy_distillation(teacher: np.ndarray, student: np.ndarray, tau: float) -> float:
+    teacher_probs = np.exp(_log_softmax(teacher.astype(np.float64) / tau))
+    return float(-(teacher_probs * _log_softmax(student.astype(np.float64) / tau)).sum(1).mean())
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 4.0])
+def test_distillation_loss_matches_numpy_and_gradient_reaches_student_only(tau: float) -> None:
+    rng = np.random.default_rng(int(tau * 10))
+    teacher = tf.Variable(rng.normal(size=(5, 7)).astype(np.float32))
+    student = tf.Variable(rng.normal(size=(5, 7)).astype(np.float32))
+
+    with tf.GradientTape(persistent=True) as tape:
+        loss = distillation_loss(teacher, student, temperature=tau)
+        hinton = distillation_loss(teacher, student, temperature=tau, hinton_tau_squared=True)
+    teacher_gradient = tape.gradient(loss, teacher)
+    student_gradient = tape.gradient(loss, student)
+
+    expected = _numpy_distillation(teacher.numpy(), student.numpy(), tau)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(hinton.numpy(), tau**2 * expected, rtol=1e-5)
+    assert teacher_gradient is None
+    teacher_probs = np.exp(_log_softmax(teacher.numpy().astype(np.float64) / tau))
+    student_probs = np.exp(_log_softmax(student.numpy().astype(np.float64) / tau))
+    expected_gradient = (student_probs - teacher_probs) / tau / 5
+    np.testing.assert_allclose(student_gradient.numpy(), expected_gradient, atol=1e-6)
+
+
+def test_distillation_gradient_is_zero_when_student_equals_teacher() -> None:
+    logits = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    student = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        loss = distillation_loss(tf.constant(logits), student, temperature=2.0)
+    np.testing.assert_allclose(tape.gradient(loss, student).numpy(), 0.0, atol=1e-7)
+
+
+def test_distillation_mixes_with_supervised_loss_for_labelled_examples() -> None:
+    rng = np.random.default_rng(4)
+    teacher = rng.normal(size=(6, 4)).astype(np.float32)
+    student = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=6)
+    alpha, tau = 0.3, 2.0
+    supervised = -_log_softmax(student.astype(np.float64))[np.arange(6), labels].mean()
+    expected = (1 - alpha) * supervised + alpha * _numpy_distillation(teacher, student, tau)
+
+    loss = distillation_loss(
+        tf.constant(teacher), tf.constant(student), tau, labels=tf.constant(labels), alpha=alpha
+    )
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+
+
+def test_distillation_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="same \\[batch, num_classes\\] shape"):
+        distillation_loss(tf.zeros((4, 3)), tf.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"temperature=0.0 must be > 0"):
+        distillation_loss(tf.zeros((4, 3)), tf.zeros((4, 3)), temperature=0.0)
+    with pytest.raises(ValueError, match=r"alpha=1.5 must be in \[0, 1\]"):
+        distillation_loss(tf.zeros((4, 3)), tf.zeros((4, 3)), alpha=1.5)
+
+
+def test_loss_config_validates_its_fields() -> None:
+    config = LossConfig()
+    assert (config.temperature, config.hidden_norm, config.loss_scale) == (0.1, True, "reference")
+    for bad, message in [
+        ({"temperature": 0.0}, "temperature"),
+        ({"loss_scale": "mean"}, "loss_scale"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"distill_temperature": -1.0}, "distill_temperature"),
+        ({"distill_alpha": 2.0}, "distill_alpha"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            LossConfig(**bad)

@@ -1,0 +1,335 @@
+"""Tests of the model zoo against the SimCLRv2 paper (Table 1) and the design's contracts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_simclr import ModelConfig, SimCLRModel
+from tf_simclr.models.resnet import SelectiveKernel
+
+SMALL = ModelConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True, num_classes=5)
+
+# SimCLRv2 Table 1: (depth, width, selective kernels) -> encoder parameters, millions, rounded.
+TABLE_1 = [
+    (50, 1, False, 24),
+    (50, 1, True, 35),
+    (50, 2, False, 94),
+    (50, 2, True, 140),
+    (101, 1, False, 43),
+    (101, 1, True, 65),
+    (101, 2, False, 170),
+    (101, 2, True, 257),
+    (152, 1, False, 58),
+    (152, 1, True, 89),
+    (152, 2, False, 233),
+    (152, 2, True, 354),
+    (152, 3, True, 795),
+]
+
+
+def build(config: ModelConfig, size: int = 32) -> SimCLRModel:
+    return SimCLRModel(config).build_for_size(size)
+
+
+@pytest.mark.parametrize(("depth", "width", "sk", "millions"), TABLE_1)
+def test_encoder_parameter_count_matches_table_1(depth, width, sk, millions):
+    config = ModelConfig(resnet_depth=depth, width_multiplier=width, sk_ratio=0.0625 if sk else 0)
+    model = SimCLRModel(config)
+    model.encoder(tf.zeros([1, 32, 32, 3]), training=False)
+    assert round(model.encoder.count_params() / 1e6) == millions
+
+
+def test_resnet50_endpoint_shapes_at_224():
+    model = SimCLRModel(ModelConfig(resnet_depth=50, num_classes=10))
+    out = model(tf.zeros([2, 224, 224, 3]), training=False)
+    expected = {
+        "initial_conv": (2, 112, 112, 64),
+        "initial_max_pool": (2, 56, 56, 64),
+        "block_group1": (2, 56, 56, 256),
+        "block_group2": (2, 28, 28, 512),
+        "block_group3": (2, 14, 14, 1024),
+        "block_group4": (2, 7, 7, 2048),
+        "final_avg_pool": (2, 2048),
+        "proj_head_input": (2, 2048),
+        "proj_head_1": (2, 2048),
+        "proj_head_2": (2, 2048),
+        "proj_head_3": (2, 128),
+        "proj_head_output": (2, 128),
+        "logits_sup": (2, 10),
+    }
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    assert all(v.dtype == tf.float32 for v in out.values())
+
+
+@pytest.mark.parametrize(("depth", "width"), [(50, 2), (18, 0.5), (34, 0.25)])
+def test_channels_scale_with_width(depth, width):
+    model = build(ModelConfig(resnet_depth=depth, width_multiplier=width), size=64)
+    out = model(tf.zeros([1, 64, 64, 3]), training=False)
+    expansion = 4 if depth >= 50 else 1
+    assert out["initial_conv"].shape[-1] == int(64 * width)
+    for i, base in enumerate((64, 128, 256, 512)):
+        assert out[f"block_group{i + 1}"].shape[-1] == int(base * width) * expansion
+    assert out["final_avg_pool"].shape[-1] == int(512 * width) * expansion
+
+
+def test_cifar_stem_keeps_resolution():
+    model = build(SMALL)
+    out = model(tf.zeros([1, 32, 32, 3]), training=False)
+    assert out["initial_conv"].shape[1:3] == (32, 32)
+    assert out["initial_max_pool"].shape[1:3] == (32, 32)
+    assert out["block_group1"].shape[1:3] == (32, 32)
+    assert out["block_group4"].shape[1:3] == (4, 4)
+
+
+def test_any_input_size_and_odd_sides():
+    model = build(ModelConfig(resnet_depth=18, width_multiplier=0.25))
+    out = model(tf.zeros([1, 97, 61, 3]), training=False)
+    assert out["initial_conv"].shape[1:3] == (49, 31)
+    assert out["final_avg_pool"].shape == (1, 128)
+
+
+def test_sk_uses_resnet_d_stem_and_avg_pool_shortcut():
+    config = ModelConfig(resnet_depth=50, width_multiplier=0.25, sk_ratio=0.0625)
+    model = build(config)
+    assert len(model.encoder.stem.convs) == 3
+    assert [c.conv.kernel.shape[:2] for c in model.encoder.stem.convs] == [(3, 3)] * 3
+    group2 = model.encoder.block_groups[1].blocks[0]
+    assert isinstance(group2.shortcut.pool, keras.layers.AveragePooling2D)
+    assert group2.shortcut.proj.conv.strides == (1, 1)
+    assert isinstance(group2.conv2, SelectiveKernel)
+    plain = build(dataclasses.replace(config, sk_ratio=0.0))
+    assert len(plain.encoder.stem.convs) == 1
+    assert plain.encoder.block_groups[1].blocks[0].shortcut.pool is None
+
+
+def test_selective_kernel_is_a_softmax_mixture_of_its_two_paths():
+    config = ModelConfig(resnet_depth=50, sk_ratio=0.0625)
+    layer = SelectiveKernel(config, filters=16, strides=1)
+    x = tf.random.stateless_normal([2, 8, 8, 5], seed=[1, 2])
+    out = layer(x, training=False).numpy()
+    paths = layer.paths(x, training=False).numpy()
+    a, b = paths[..., :16], paths[..., 16:]
+    descriptor = (a + b).mean(axis=(1, 2), keepdims=True)
+    squeezed = layer.squeeze(tf.constant(descriptor), training=False)
+    mixing = layer.mixing(squeezed).numpy()
+    squeezed_dim = layer.squeeze.conv.filters
+    assert squeezed_dim == max(int(16 * 0.0625), 32)
+    logits_a, logits_b = mixing[..., :16], mixing[..., 16:]
+    weight_a = 1.0 / (1.0 + np.exp(logits_b - logits_a))
+    np.testing.assert_allclose(out, weight_a * a + (1 - weight_a) * b, rtol=1e-5, atol=1e-5)
+
+
+def test_last_bn_of_every_block_starts_at_zero():
+    for config in (SMALL, ModelConfig(resnet_depth=50, width_multiplier=0.25)):
+        model = build(config)
+        for group in model.encoder.block_groups:
+            for block in group.blocks:
+                last = block.conv3 if config.uses_bottleneck else block.conv2
+                assert np.all(last.bn.gamma.numpy() == 0)
+                assert np.all(block.conv1.bn.gamma.numpy() == 1)
+
+
+def test_batch_norm_settings_are_configurable():
+    model = build(dataclasses.replace(SMALL, batch_norm_decay=0.97, batch_norm_epsilon=1e-3))
+    bns = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert bns and all(bn.momentum == 0.97 and bn.epsilon == 1e-3 for bn in bns)
+
+
+@pytest.mark.parametrize(
+    ("mode", "layers", "dims"),
+    [("nonlinear", 3, [128, 128, 128, 16]), ("linear", 1, [128, 16]), ("none", 0, [128])],
+)
+def test_projection_head_modes(mode, layers, dims):
+    config = dataclasses.replace(SMALL, proj_head_mode=mode, proj_out_dim=16)
+    model = build(config)
+    out = model(tf.random.stateless_uniform([4, 32, 32, 3], seed=[0, 1]), training=True)
+    assert [out["proj_head_input"].shape[-1]] + [
+        out[f"proj_head_{i + 1}"].shape[-1] for i in range(layers)
+    ] == dims
+    assert f"proj_head_{layers + 1}" not in out
+    last = "proj_head_input" if layers == 0 else f"proj_head_{layers}"
+    np.testing.assert_array_equal(out["proj_head_output"], out[last])
+    np.testing.assert_array_equal(out["proj_head_input"], out["final_avg_pool"])
+    assert len(model.projection_head.layers_list) == layers
+    for i, layer in enumerate(model.projection_head.layers_list):
+        assert isinstance(layer.bn, keras.layers.BatchNormalization)
+        assert layer.dense.bias is None
+        assert layer.bn.center == (i < layers - 1)
+
+
+def test_nonlinear_head_layers_have_relu_except_the_last():
+    model = build(SMALL)
+    out = model(tf.random.stateless_uniform([8, 32, 32, 3], seed=[3, 1]), training=True)
+    assert np.min(out["proj_head_1"]) >= 0 and np.min(out["proj_head_2"]) >= 0
+    assert np.min(out["proj_head_3"]) < 0
+
+
+@pytest.mark.parametrize(
+    ("selector", "source"),
+    [(0, "proj_head_input"), (1, "proj_head_1"), (-1, "proj_head_output"), (2, "proj_head_2")],
+)
+def test_ft_proj_selector_picks_the_head_layer(selector, source):
+    model = build(dataclasses.replace(SMALL, ft_proj_selector=selector))
+    out = model(tf.random.stateless_uniform([3, 32, 32, 3], seed=[5, 5]), training=False)
+    dense = model.supervised_head.dense
+    expected = out[source].numpy() @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(out["logits_sup"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "selector"), [("nonlinear", 4), ("nonlinear", -5), ("linear", 2), ("none", 1)]
+)
+def test_ft_proj_selector_out_of_range_is_rejected(mode, selector):
+    with pytest.raises(ValueError, match="ft_proj_selector"):
+        ModelConfig(proj_head_mode=mode, ft_proj_selector=selector)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resnet_depth": 42},
+        {"width_multiplier": 0},
+        {"sk_ratio": -0.1},
+        {"sk_ratio": 1.5},
+        {"se_ratio": 2.0},
+        {"proj_head_mode": "mlp"},
+        {"batch_norm_decay": 1.0},
+        {"dtype_policy": "float64"},
+    ],
+)
+def test_invalid_configs_raise_clear_errors(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        ModelConfig(**kwargs)
+
+
+def test_squeeze_excitation_adds_gating_layers():
+    base = build(SMALL)
+    with_se = build(dataclasses.replace(SMALL, se_ratio=0.25))
+    block = with_se.encoder.block_groups[0].blocks[0]
+    assert block.se is not None and block.se.reduce.filters == 4
+    assert with_se.count_params() > base.count_params()
+
+
+def test_supervised_head_zero_init_and_stop_gradient():
+    config = dataclasses.replace(
+        SMALL, zero_init_logits_layer=True, supervised_head_stop_gradient=True
+    )
+    model = build(config)
+    assert np.all(model.supervised_head.dense.kernel.numpy() == 0)
+    images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 1])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(images, training=True)["logits_sup"] ** 2 + 1.0)
+        loss += tf.reduce_sum(model.supervised_head.dense.kernel)
+    grads = tape.gradient(loss, model.encoder.trainable_variables)
+    assert all(g is None for g in grads)
+
+
+def test_fine_tune_after_block_freezes_the_early_layers():
+    model = build(dataclasses.replace(SMALL, fine_tune_after_block=2))
+    trainable = {id(v) for v in model.trainable_variables}
+    encoder = model.encoder
+    frozen = [encoder.stem, *encoder.block_groups[:2]]
+    assert all(id(v) not in trainable for layer in frozen for v in layer.variables)
+    assert all(id(v) in trainable for v in encoder.block_groups[2].trainable_weights)
+    images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[2, 2])
+    with tf.GradientTape() as tape:
+        out = model(images, training=True)
+        loss = tf.reduce_sum(out["proj_head_output"]) + tf.reduce_sum(out["logits_sup"])
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None for g in grads)
+    linear_eval = build(dataclasses.replace(SMALL, fine_tune_after_block=4))
+    assert {id(v) for v in linear_eval.trainable_variables} == {
+        id(v)
+        for v in linear_eval.projection_head.trainable_variables
+        + linear_eval.supervised_head.trainable_variables
+    }
+
+
+def test_excluded_variables_are_bn_bias_and_supervised_head():
+    model = build(dataclasses.replace(SMALL, se_ratio=0.25))
+    excluded = {id(v) for v in model.excluded_variables()}
+    for variable in model.trainable_variables:
+        name = variable.name
+        expected = (
+            "gamma" in name
+            or "beta" in name
+            or "bias" in name
+            or "/head_supervised/" in name
+        )
+        assert (id(variable) in excluded) == expected, name
+    assert any("bias" in v.name and "se" in v.name.lower() for v in model.excluded_variables())
+
+
+def all_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    return {v.name: v.numpy() for v in model.variables}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SMALL,
+        dataclasses.replace(SMALL, resnet_depth=50, sk_ratio=0.0625, se_ratio=0.25),
+        dataclasses.replace(SMALL, cifar_stem=False, proj_head_mode="linear"),
+        dataclasses.replace(SMALL, proj_head_mode="none", num_classes=0),
+        dataclasses.replace(SMALL, resnet_depth=34, global_bn=True, ft_proj_selector=1),
+    ],
+    ids=["r18", "r50-sk-se", "imagenet-stem-linear", "no-head", "r34-syncbn"],
+)
+def test_checkpoint_round_trip_restores_every_variable(config, tmp_path):
+    model = build(config)
+    model(tf.random.stateless_uniform([4, 32, 32, 3], seed=[9, 9]), training=True)  # BN stats
+    for variable in model.variables:
+        variable.assign(tf.random.stateless_normal(variable.shape, seed=[len(variable.name), 1]))
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    fresh = build(config)
+    status = tf.train.Checkpoint(model=fresh).restore(path)
+    status.assert_existing_objects_matched().assert_consumed()
+    saved, restored = all_weights(model), all_weights(fresh)
+    assert saved.keys() == restored.keys() and len(saved) == len(model.variables)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(restored[name], value, err_msg=name)
+
+
+def test_sync_bn_across_two_replicas_equals_plain_bn_on_the_whole_batch(two_replica_strategy):
+    images = tf.random.stateless_uniform([8, 32, 32, 3], seed=[4, 2])
+    plain = build(SMALL)
+    expected = plain(images, training=True)
+    with two_replica_strategy.scope():
+        synced = build(dataclasses.replace(SMALL, global_bn=True))
+    for variable, source in zip(synced.variables, plain.variables, strict=True):
+        variable.assign(source.read_value())  # same starting weights and moving statistics
+
+    def forward(ctx: tf.distribute.InputContext):
+        return tf.data.Dataset.from_tensor_slices(images).batch(4)
+
+    batch = next(iter(two_replica_strategy.distribute_datasets_from_function(forward)))
+
+    @tf.function
+    def step(batch):
+        return two_replica_strategy.run(lambda x: synced(x, training=True), args=(batch,))
+
+    per_replica = step(batch)
+    for name in ("block_group4", "proj_head_output", "logits_sup"):
+        parts = two_replica_strategy.experimental_local_results(per_replica[name])
+        got = np.concatenate([p.numpy() for p in parts])
+        np.testing.assert_allclose(got, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_mixed_bfloat16_keeps_float32_variables_and_outputs():
+    model = build(dataclasses.replace(SMALL, dtype_policy="mixed_bfloat16"))
+    out = model(tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 7]), training=True)
+    assert all(v.dtype == tf.float32 for v in model.variables)
+    assert all(v.dtype == tf.float32 for v in out.values())
+    conv = model.encoder.stem.convs[0].conv
+    assert conv.compute_dtype == "bfloat16"
+    assert model.projection_head.layers_list[0].dense.compute_dtype == "float32"
