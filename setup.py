@@ -1,5 +1,7 @@
 """tf-simclr: SimCLRv2 on TensorFlow 2 (tf_keras), with TF-Hub export."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
@@ -7,7 +9,7 @@ setup(
     version="0.1.0",
     description="SimCLRv2 (Big Self-Supervised Models are Strong Semi-Supervised Learners) "
     "on TensorFlow 2 and tf_keras: pretrain, fine-tune, distill, export to TF-Hub.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf_simclr", "tf_simclr.*", "export", "export.*"]),
@@ -28,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "tf-simclr=tf_simclr.run:run_main",
+            "tf-simclr-export=export.export_hub:run_main",
         ],
     },
 )

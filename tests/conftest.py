@@ -9,8 +9,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import pytest
+import tensorflow as tf
 
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
@@ -18,13 +18,19 @@ tf.config.set_logical_device_configuration(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over the two logical CPU devices."""
+    """MirroredStrategy over the two logical CPU devices, one per test session.
+
+    Every new MirroredStrategy numbers its collective operations from the same key, and the
+    runtime remembers the first shape used under each key for the life of the process, so two
+    strategies in one process whose all-reduces differ abort with "Shape mismatch in the
+    collective instance". One shared strategy avoids that.
+    """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def one_device_strategy() -> tf.distribute.Strategy:
     """A single-device strategy on the first CPU, the reference for equivalence tests."""
     return tf.distribute.OneDeviceStrategy("/cpu:0")

@@ -109,10 +109,8 @@ def test_lars_follows_a_learning_rate_schedule() -> None:
     for step in range(4):
         gradient = np.array([1.0, 2.0]) * (step + 1)
         optimizer.apply_gradients([(tf.constant(gradient, tf.float32), weight)])
-        if step < 2:
-            rate = 2.0 * step / 2
-        else:
-            rate = 2.0 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 4))
+        warmup_rate = 2.0 * step / 2
+        rate = warmup_rate if step < 2 else 2.0 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 4))
         trust = 0.5 * np.linalg.norm(expected) / np.linalg.norm(gradient)
         expected = expected - rate * trust * gradient
         np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5)

@@ -8,8 +8,8 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tf_simclr.config import ModelConfig  # noqa: E402
-from tf_simclr.models.simclr import SimCLRModel  # noqa: E402
+from tf_simclr.config import ModelConfig
+from tf_simclr.models.simclr import SimCLRModel
 
 __all__ = ["ModelConfig", "SimCLRModel"]
 __version__ = "0.1.0"

@@ -207,3 +207,217 @@ class LossConfig:
             0.0 <= self.distill_alpha <= 1.0,
             f"distill_alpha={self.distill_alpha} must be in [0, 1] (1 = distillation only).",
         )
+
+
+TRAIN_MODES = ("pretrain", "finetune", "distill")
+RUN_MODES = ("train", "eval", "train_then_eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One phase of the SimCLRv2 pipeline (SimCLRv2 section 2: pretrain, fine-tune, distill).
+
+    ``train_steps`` overrides ``train_epochs`` when > 0; ``checkpoint_steps`` overrides
+    ``checkpoint_epochs`` when > 0. ``init_checkpoint`` (the reference's ``--checkpoint``) is a
+    training checkpoint, a model_dir or an exported hub module to start fine-tuning from;
+    ``teacher`` is the same for distillation. ``eval_steps == 0`` evaluates the whole split.
+    """
+
+    train_mode: str = "pretrain"
+    mode: str = "train"
+    model_dir: str = ""
+    train_batch_size: int = 512
+    eval_batch_size: int = 256
+    train_epochs: float = 100.0
+    train_steps: int = 0
+    eval_steps: int = 0
+    steps_per_loop: int = 50
+    checkpoint_epochs: float = 1.0
+    checkpoint_steps: int = 0
+    keep_checkpoint_max: int = 5
+    keep_hub_module_max: int = 1
+    init_checkpoint: str = ""
+    teacher: str = ""
+    lineareval_while_pretraining: bool = True
+    knn_monitor: bool = True
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 10000
+    jit_compile: bool = False
+    export_hub: bool = True
+    eval_timeout_seconds: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.train_mode in TRAIN_MODES,
+            f"train_mode={self.train_mode!r} must be one of {TRAIN_MODES}.",
+        )
+        _require(self.mode in RUN_MODES, f"mode={self.mode!r} must be one of {RUN_MODES}.")
+        _require(bool(self.model_dir), "model_dir must be set: where checkpoints and logs go.")
+        _require(self.train_batch_size >= 1, "train_batch_size must be >= 1.")
+        _require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1.")
+        _require(
+            self.train_epochs > 0 or self.train_steps > 0,
+            "set train_epochs > 0 or train_steps > 0 (how long to train).",
+        )
+        _require(self.train_steps >= 0 and self.eval_steps >= 0, "step counts must be >= 0.")
+        _require(self.steps_per_loop >= 1, "steps_per_loop must be >= 1.")
+        _require(
+            self.checkpoint_epochs > 0 or self.checkpoint_steps > 0,
+            "set checkpoint_epochs > 0 or checkpoint_steps > 0.",
+        )
+        _require(self.keep_checkpoint_max >= 1, "keep_checkpoint_max must be >= 1.")
+        _require(self.keep_hub_module_max >= 0, "keep_hub_module_max must be >= 0.")
+        _require(self.knn_k >= 1, "knn_k must be >= 1.")
+        _require(self.knn_temperature > 0, "knn_temperature must be > 0.")
+        _require(
+            self.train_mode != "distill" or bool(self.teacher),
+            "train_mode=distill needs --teacher: a fine-tuned model_dir, checkpoint or hub "
+            "module whose supervised head labels the unlabeled data.",
+        )
+
+
+COLOR_JITTER_MODES = ("simclrv2", "simclrv1")
+CIFAR_IMAGE_SIZE = 32
+
+
+def _is_range(value: tuple[float, float], low: float, high: float) -> bool:
+    return len(value) == 2 and low <= value[0] <= value[1] <= high
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Data augmentation (SimCLR appendix A; SimCLRv2 section 4 keeps the same recipe).
+
+    Pretraining views: Inception crop (area in ``crop_area_range``, aspect ratio in
+    ``crop_aspect_range``, bicubic resize to ``image_size``), horizontal flip, colour distortion
+    of strength ``color_jitter_strength`` (1.0 for ImageNet, 0.5 for CIFAR), Gaussian blur.
+    ``color_jitter_mode`` picks the brightness change: ``simclrv2`` multiplies, ``simclrv1``
+    adds. ``use_blur=None`` turns blur on above the CIFAR size (32) and off at or below it, as
+    in the paper. Fine-tuning and distillation use crop + flip only; evaluation uses a centre
+    crop of ``eval_crop_proportion`` of the shorter side (none at or below the CIFAR size).
+    ``augment_jit_compile`` XLA-compiles the batched colour and blur ops (3-7x faster on CPU;
+    independent of the training step's ``jit_compile``).
+    """
+
+    image_size: int = 224
+    color_jitter_strength: float = 1.0
+    color_jitter_mode: str = "simclrv2"
+    use_blur: bool | None = None
+    crop_area_range: tuple[float, float] = (0.08, 1.0)
+    crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_probability: float = 0.5
+    color_jitter_probability: float = 0.8
+    grayscale_probability: float = 0.2
+    blur_probability: float = 0.5
+    blur_sigma_range: tuple[float, float] = (0.1, 2.0)
+    eval_crop_proportion: float = 0.875
+    augment_jit_compile: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            self.image_size >= 8,
+            f"image_size={self.image_size} is too small; use >= 8 (32 for CIFAR, 224 for "
+            "ImageNet).",
+        )
+        _require(
+            self.color_jitter_strength >= 0,
+            f"color_jitter_strength={self.color_jitter_strength} must be >= 0 (1.0 for "
+            "ImageNet, 0.5 for CIFAR, 0 disables the jitter but keeps random grayscale).",
+        )
+        _require(
+            self.color_jitter_mode in COLOR_JITTER_MODES,
+            f"color_jitter_mode={self.color_jitter_mode!r} must be one of {COLOR_JITTER_MODES}.",
+        )
+        _require(
+            _is_range(self.crop_area_range, 1e-3, 1.0),
+            f"crop_area_range={self.crop_area_range} must be (low, high) with "
+            "0.001 <= low <= high <= 1, e.g. (0.08, 1.0).",
+        )
+        _require(
+            _is_range(self.crop_aspect_range, 0.1, 10.0)
+            and self.crop_aspect_range[0] <= 1.0 <= self.crop_aspect_range[1],
+            f"crop_aspect_range={self.crop_aspect_range} must be (low, high) with "
+            "0.1 <= low <= 1 <= high <= 10, e.g. (3/4, 4/3).",
+        )
+        for name in (
+            "flip_probability",
+            "color_jitter_probability",
+            "grayscale_probability",
+            "blur_probability",
+        ):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"{name}={value} must be a probability in [0, 1].")
+        _require(
+            _is_range(self.blur_sigma_range, 1e-3, 100.0),
+            f"blur_sigma_range={self.blur_sigma_range} must be (low, high) with "
+            "0.001 <= low <= high, e.g. (0.1, 2.0).",
+        )
+        _require(
+            0.0 < self.eval_crop_proportion <= 1.0,
+            f"eval_crop_proportion={self.eval_crop_proportion} must be in (0, 1] (0.875 is "
+            "the ImageNet standard).",
+        )
+
+    @property
+    def blur_enabled(self) -> bool:
+        """Whether pretraining views are blurred (default: only above the CIFAR size)."""
+        if self.use_blur is None:
+            return self.image_size > CIFAR_IMAGE_SIZE
+        return self.use_blur
+
+    @property
+    def eval_center_crop(self) -> bool:
+        """Whether evaluation takes a centre crop (not for images at or below the CIFAR size)."""
+        return self.image_size > CIFAR_IMAGE_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are streamed (batch sizes live in TrainConfig).
+
+    ``dataset`` is a source string for :func:`tf_simclr.data.load_source` (``fashion_mnist``,
+    ``synthetic[:options]``, ``tfds:NAME``, ``folder:PATH``). At most one of ``label_fraction``
+    (e.g. 0.01 or 0.1, class-stratified), ``labels_per_class`` or ``labels_subset_file`` selects
+    the labeled examples of fine-tuning and distillation (SimCLRv2 section 4); subsets drawn with
+    the same ``seed`` are nested. ``shuffle_buffer=0`` picks a size from the batch (as the
+    reference: 50x the per-replica batch at <= 32 px, 10x above). ``deterministic`` keeps the
+    element order fixed so that a run is reproducible from ``seed``.
+    """
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    cache_dataset: bool = False
+    shuffle_buffer: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    label_fraction: float = 0.0
+    labels_per_class: int = 0
+    labels_subset_file: str = ""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset), "dataset must be set, e.g. 'fashion_mnist'.")
+        _require(bool(self.train_split), "train_split must be set, e.g. 'train'.")
+        _require(bool(self.eval_split), "eval_split must be set, e.g. 'test'.")
+        _require(self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0 (0 = automatic).")
+        _require(
+            0.0 <= self.label_fraction <= 1.0,
+            f"label_fraction={self.label_fraction} must be in (0, 1] (e.g. 0.01 or 0.1), or 0 "
+            "to use every label.",
+        )
+        _require(self.labels_per_class >= 0, "labels_per_class must be >= 0 (0 = unused).")
+        chosen = [
+            name
+            for name in ("label_fraction", "labels_per_class", "labels_subset_file")
+            if getattr(self, name)
+        ]
+        _require(
+            len(chosen) <= 1,
+            f"{' and '.join(chosen)} are all set; choose one way to select the labeled subset.",
+        )
+
+    @property
+    def uses_label_subset(self) -> bool:
+        return bool(self.label_fraction or self.labels_per_class or self.labels_subset_file)

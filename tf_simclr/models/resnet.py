@@ -143,7 +143,7 @@ class SqueezeExcitation(keras.layers.Layer):
 
 
 class Shortcut(keras.layers.Layer):
-    """Projection shortcut: 1x1 conv + BN; ResNet-D (with SK) average-pools before a stride-1 conv."""
+    """Projection shortcut: 1x1 conv + BN; with SK (ResNet-D) average-pool, then stride-1 conv."""
 
     def __init__(self, config: ModelConfig, filters: int, strides: int, **kwargs) -> None:
         super().__init__(dtype=config.dtype_policy, **kwargs)
@@ -229,7 +229,7 @@ class BlockGroup(keras.layers.Layer):
 
 
 class Stem(keras.layers.Layer):
-    """Input stem: 7x7/2 conv + 3x3/2 max-pool, the ResNet-D 3-conv stem with SK, or the CIFAR stem."""
+    """Input stem: 7x7/2 conv + 3x3/2 max-pool, the 3-conv ResNet-D stem (SK), or the CIFAR stem."""
 
     def __init__(self, config: ModelConfig, **kwargs) -> None:
         super().__init__(dtype=config.dtype_policy, **kwargs)

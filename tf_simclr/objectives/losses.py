@@ -35,8 +35,8 @@ def contrastive_loss(
     Scale (``loss_scale``): ``"reference"`` follows google-research/simclr, ``mean_n(loss_a +
     loss_b)`` where ``loss_a`` (``loss_b``) is the cross-entropy of the view-1 (view-2) anchors;
     that is twice the paper's ``L = 1/(2N) sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``. ``"paper"`` gives
-    the paper's ``L``. The choice only rescales the loss, i.e. the learning rate for SGD/Adam (LARS
-    is invariant to it apart from weight decay).
+    the paper's ``L``. The choice scales the loss and its gradients by 2; the paper's learning
+    rates (0.3 x batch / 256 with LARS) were tuned with the reference scale.
 
     Args:
         hidden: ``[2n, d]`` projections of both views (any float dtype; computed in float32).
@@ -51,14 +51,13 @@ def contrastive_loss(
         (as fed to the softmax); ``labels`` the one-hot ``[n, 2G]`` positives. Feed both to
         :func:`contrastive_metrics`.
     """
-    _check_temperature("temperature", temperature)
+    _check_temperature(temperature)
     if loss_scale not in CONTRASTIVE_LOSS_SCALES:
         raise ValueError(
             f"loss_scale={loss_scale!r} must be one of {CONTRASTIVE_LOSS_SCALES}: 'reference' "
             "(mean of both directions summed, as google-research/simclr) or 'paper' (1/(2N))."
         )
-    hidden = tf.cast(hidden, tf.float32)
-    _check_views(hidden)
+    hidden = _check_views(tf.cast(hidden, tf.float32))
     if hidden_norm:
         hidden = tf.math.l2_normalize(hidden, axis=-1)
     hidden1, hidden2 = tf.split(hidden, 2, axis=0)
@@ -162,7 +161,7 @@ def distillation_loss(
         alpha: the distillation weight in that mix, in [0, 1]; ignored without ``labels``.
         label_smoothing: passed to :func:`supervised_loss` for the supervised part.
     """
-    _check_temperature("temperature", temperature)
+    _check_temperature(temperature)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1] (1 = distillation only).")
     teacher_logits = tf.stop_gradient(tf.cast(teacher_logits, tf.float32))
@@ -206,7 +205,8 @@ def _gather_views(
     return hidden1_all, hidden2_all, replica_id * tf.shape(hidden1)[0]
 
 
-def _check_views(hidden: tf.Tensor) -> None:
+def _check_views(hidden: tf.Tensor) -> tf.Tensor:
+    """``hidden``, validated; with an unknown batch size the check runs before any use of it."""
     if hidden.shape.rank != 2:
         raise ValueError(
             f"hidden must be [2n, d] (concat([view1, view2], axis=0)), got shape {hidden.shape}."
@@ -217,17 +217,20 @@ def _check_views(hidden: tf.Tensor) -> None:
             f"hidden has {rows} rows but must hold an even, non-zero number: n view-1 rows "
             "followed by the n matching view-2 rows (concat([view1, view2], axis=0))."
         )
-    if rows is None:
-        tf.debugging.assert_equal(
-            tf.shape(hidden)[0] % 2,
-            0,
-            message="hidden must hold an even number of rows: concat([view1, view2], axis=0).",
-        )
+    if rows is not None:
+        return hidden
+    check = tf.debugging.assert_equal(
+        tf.shape(hidden)[0] % 2,
+        0,
+        message="hidden must hold an even number of rows: concat([view1, view2], axis=0).",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(hidden)
 
 
-def _check_temperature(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name}={value} must be > 0 (the papers use 0.1 to 1.0).")
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (the papers use 0.1 to 1.0).")
 
 
 def _check_batch_match(a: tf.Tensor, b: tf.Tensor, name_a: str, name_b: str) -> None:

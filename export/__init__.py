@@ -1,0 +1,1 @@
+"""The TF-Hub contract for consumers: the export binary, ``SIGNATURES.md`` and runnable examples."""

@@ -1,0 +1,227 @@
+"""tf-simclr-export: turn a training checkpoint into a TF-Hub module (``export/SIGNATURES.md``).
+
+Takes the model_dir of any phase (pretrain, finetune, distill), its ``ckpt/`` directory or one
+checkpoint prefix, rebuilds the model from the model_dir's ``config.json`` (key ``"model"``),
+checks that the checkpoint holds exactly that architecture, restores it and exports it::
+
+    tf-simclr-export --checkpoint=/tmp/simclr_run            # -> /tmp/simclr_run/hub/<step>/
+    tf-simclr-export --checkpoint=/tmp/simclr_run/ckpt/ckpt-500 --export_dir=/tmp/module \\
+        --include_projection_head=false
+
+Without ``--export_dir`` the module goes to ``MODEL_DIR/hub/<step>/`` (the step read from the
+checkpoint), keeping the ``--keep_hub_module_max`` newest modules, as at the end of a phase.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from tf_simclr.config import ModelConfig
+from tf_simclr.hub import (
+    DEFAULT_WEIGHT_DECAY,
+    export_to_model_dir,
+    model_config_from_dict,
+    model_parts,
+    save_hub_module,
+    variable_paths,
+)
+from tf_simclr.models.simclr import SimCLRModel
+
+CKPT_SUBDIR = "ckpt"
+CONFIG_FILENAME = "config.json"
+MODEL_KEY = "model"
+STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+MAX_LISTED = 5
+
+
+def find_checkpoint(path: str) -> tuple[str, str]:
+    """``(checkpoint prefix, model_dir)`` for a model_dir, its ``ckpt/`` dir or a prefix."""
+    if tf.io.gfile.isdir(path):
+        if tf.io.gfile.isdir(os.path.join(path, CKPT_SUBDIR)):
+            ckpt_dir, model_dir = os.path.join(path, CKPT_SUBDIR), path
+        else:
+            ckpt_dir, model_dir = path, os.path.dirname(os.path.normpath(path))
+        prefix = tf.train.latest_checkpoint(ckpt_dir)
+        if prefix is None:
+            raise FileNotFoundError(
+                f"no checkpoint in {ckpt_dir} (no 'checkpoint' file of tf.train.CheckpointManager);"
+                " pass a model_dir that has been trained, its ckpt/ directory or a checkpoint "
+                "prefix such as MODEL_DIR/ckpt/ckpt-500."
+            )
+        return prefix, model_dir
+    if tf.io.gfile.exists(path + ".index"):
+        return path, os.path.dirname(os.path.dirname(os.path.normpath(path)))
+    raise FileNotFoundError(
+        f"{path} is neither a model_dir, a checkpoint directory nor a checkpoint prefix "
+        f"(there is no {path}.index)."
+    )
+
+
+def load_model_config(config_path: str) -> ModelConfig:
+    """The ``ModelConfig`` stored under key ``"model"`` of a model_dir's ``config.json``."""
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(
+            f"no model configuration at {config_path}; pass --config=PATH/config.json (the "
+            "config.json of the run that wrote the checkpoint)."
+        )
+    with tf.io.gfile.GFile(config_path) as handle:
+        values = json.load(handle)
+    if MODEL_KEY not in values:
+        raise ValueError(f"{config_path} has no {MODEL_KEY!r} key holding the ModelConfig.")
+    return model_config_from_dict(values[MODEL_KEY], config_path)
+
+
+def checkpoint_mismatches(model: SimCLRModel, prefix: str) -> list[str]:
+    """Every way the training checkpoint at ``prefix`` differs from the built ``model``."""
+    found = {
+        key[len(MODEL_KEY) + 1 : -len(VALUE_SUFFIX)].replace("/", "."): tuple(shape)
+        for key, shape in tf.train.list_variables(prefix)
+        if key.startswith(MODEL_KEY + "/") and key.endswith(VALUE_SUFFIX)
+    }
+    expected = {
+        path: tuple(variable.shape)
+        for path, variable in variable_paths(model, model_parts(model)).items()
+    }
+    problems = []
+    reshaped = sorted(
+        path for path in expected.keys() & found.keys() if expected[path] != found[path]
+    )
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    if reshaped:
+        listed = ", ".join(
+            f"{path} checkpoint {found[path]} vs config {expected[path]}"
+            for path in reshaped[:MAX_LISTED]
+        )
+        problems.append(f"{len(reshaped)} variables have other shapes ({listed})")
+    if missing:
+        problems.append(
+            f"{len(missing)} variables of the configured model are not in the checkpoint "
+            f"({', '.join(missing[:MAX_LISTED])})"
+        )
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} checkpoint variables have no place in the configured model "
+            f"({', '.join(unexpected[:MAX_LISTED])})"
+        )
+    return problems
+
+
+def restore_training_checkpoint(model: SimCLRModel, prefix: str, config_path: str) -> int | None:
+    """Restore ``tf.train.Checkpoint(model=...)`` at ``prefix`` into ``model``; returns its step.
+
+    Raises ``ValueError`` listing the differing variables when the checkpoint holds another
+    architecture than ``config_path`` describes.
+    """
+    problems = checkpoint_mismatches(model, prefix)
+    if problems:
+        raise ValueError(
+            f"the checkpoint {prefix} does not match the architecture in {config_path}: "
+            f"{'; '.join(problems)}. Pass the config.json of the run that wrote the checkpoint."
+        )
+    status = tf.train.Checkpoint(model=model).restore(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    reader = tf.train.load_checkpoint(prefix)
+    return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else None
+
+
+def export_checkpoint(
+    checkpoint: str,
+    *,
+    export_dir: str | None = None,
+    config_path: str | None = None,
+    include_projection_head: bool = True,
+    include_supervised_head: bool = True,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    keep_hub_module_max: int = 1,
+    overwrite: bool = False,
+) -> str:
+    """Export the training checkpoint ``checkpoint`` as a TF-Hub module; returns its path."""
+    prefix, model_dir = find_checkpoint(checkpoint)
+    config_path = config_path or os.path.join(model_dir, CONFIG_FILENAME)
+    model = SimCLRModel(load_model_config(config_path)).build_for_size()
+    step = restore_training_checkpoint(model, prefix, config_path)
+    logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
+    if export_dir:
+        return save_hub_module(
+            model,
+            export_dir,
+            include_projection_head=include_projection_head,
+            include_supervised_head=include_supervised_head,
+            weight_decay=weight_decay,
+            step=step,
+            overwrite=overwrite,
+        )
+    if step is None:
+        raise ValueError(f"the checkpoint {prefix} has no step; pass --export_dir.")
+    return export_to_model_dir(
+        model,
+        model_dir,
+        step,
+        keep_hub_module_max,
+        include_projection_head,
+        include_supervised_head,
+        weight_decay=weight_decay,
+    )
+
+
+def define_flags() -> None:
+    """The binary's flags (defined only when it runs, so that importing this module is free)."""
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "A model_dir, its ckpt/ directory, or a checkpoint prefix.",
+        required=True,
+    )
+    flags.DEFINE_string(
+        "export_dir", "", "Where to write the module; default MODEL_DIR/hub/<checkpoint step>."
+    )
+    flags.DEFINE_string("config", "", "The run's config.json; default MODEL_DIR/config.json.")
+    flags.DEFINE_bool("include_projection_head", True, "Export the projection head.")
+    flags.DEFINE_bool(
+        "include_supervised_head", True, "Export the supervised head (when the model has one)."
+    )
+    flags.DEFINE_float(
+        "weight_decay",
+        DEFAULT_WEIGHT_DECAY,
+        "Coefficient of the module's L2 regularization loss (0 disables it).",
+    )
+    flags.DEFINE_integer(
+        "keep_hub_module_max",
+        1,
+        "Modules kept in MODEL_DIR/hub/ when --export_dir is not given (<= 0 keeps all).",
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --export_dir.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    values = flags.FLAGS
+    path = export_checkpoint(
+        values.checkpoint,
+        export_dir=values.export_dir or None,
+        config_path=values.config or None,
+        include_projection_head=values.include_projection_head,
+        include_supervised_head=values.include_supervised_head,
+        weight_decay=values.weight_decay,
+        keep_hub_module_max=values.keep_hub_module_max,
+        overwrite=values.overwrite,
+    )
+    print(path)
+
+
+def run_main() -> None:
+    """Console-script entry point ``tf-simclr-export``."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

@@ -1,0 +1,486 @@
+"""The TF-Hub module: export a SimCLRModel as a reusable SavedModel and load it back.
+
+The module implements TF-Hub's *reusable SavedModel* interface, so every consumption path works:
+``hub.load`` / ``tf.saved_model.load``, ``hub.KerasLayer`` (frozen or ``trainable=True``, with
+``output_key`` or with a ``signature``) and Keras 3's ``keras.layers.TFSMLayer``. The contract
+(endpoints, shapes, batch-norm behaviour) is written down in ``export/SIGNATURES.md``:
+
+* ``__call__(images, training=False)`` traced for ``training=True`` and ``training=False``,
+  returning the endpoint dict of the design (SimCLRv2 section 2);
+* ``variables``, ``trainable_variables`` and ``regularization_losses`` (one zero-argument function:
+  ``weight_decay * sum(l2_loss(v))`` over the trainable variables that are not batch-norm
+  gamma/beta, biases or the supervised head, as in SimCLR appendix B.1);
+* one inference signature per endpoint plus ``default`` (= ``final_avg_pool``), input key
+  ``images``, float32 ``[None, None, None, 3]`` in [0, 1];
+* ``model_variables``: the same variables keyed by their object path in the model
+  (``encoder.stem.convs.0.conv.kernel``), used by :func:`restore_model_from_hub`;
+* the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints.
+
+The module is exported with plain batch norm: a copy of the model with ``global_bn=False`` (and
+float32, nothing frozen) receives the weights, so no cross-replica op or custom gradient of
+synchronised batch norm ends up in the graph. The source model may live under any
+``tf.distribute`` strategy; its variables are read in cross-replica context.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+
+import tensorflow as tf
+from absl import logging
+
+from tf_simclr.config import ModelConfig, OptimConfig
+from tf_simclr.models.simclr import SimCLRModel
+from tf_simclr.objectives.weight_decay import weight_decay_loss
+
+DEFAULT_SIGNATURE = "default"
+DEFAULT_ENDPOINTS = {DEFAULT_SIGNATURE: "final_avg_pool"}
+DEFAULT_WEIGHT_DECAY = OptimConfig.weight_decay
+METADATA_FILENAME = "tf_simclr_module.json"
+METADATA_FORMAT = "tf-simclr-hub-module"
+METADATA_VERSION = 1
+IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+BUILD_IMAGE_SIZE = 32
+BACKBONE_ENDPOINTS = (
+    "initial_conv",
+    "initial_max_pool",
+    "block_group1",
+    "block_group2",
+    "block_group3",
+    "block_group4",
+    "final_avg_pool",
+)
+# ModelConfig fields that decide the variables and the forward pass of each part.
+ARCHITECTURE_FIELDS = {
+    "encoder": (
+        "resnet_depth",
+        "width_multiplier",
+        "sk_ratio",
+        "se_ratio",
+        "cifar_stem",
+        "batch_norm_epsilon",
+    ),
+    "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim"),
+    "supervised_head": ("num_classes", "ft_proj_selector"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HubModuleInfo:
+    """What a tf-simclr TF-Hub module holds (read from its ``tf_simclr_module.json`` asset)."""
+
+    config: ModelConfig
+    parts: tuple[str, ...]
+    signatures: tuple[str, ...]
+    weight_decay: float
+    step: int | None
+
+
+def export_config(config: ModelConfig) -> ModelConfig:
+    """The configuration a module is exported with: same architecture, consumer-friendly.
+
+    Plain batch norm (no cross-replica ops or custom gradients), float32, nothing frozen and no
+    stop-gradient before the supervised head: what to freeze is the consumer's decision.
+    """
+    return dataclasses.replace(
+        config,
+        global_bn=False,
+        dtype_policy="float32",
+        fine_tune_after_block=-1,
+        supervised_head_stop_gradient=False,
+    )
+
+
+def selected_head_output(config: ModelConfig) -> int:
+    """Non-negative index of the head output the supervised head reads (``ft_proj_selector``)."""
+    return config.ft_proj_selector % (config.num_head_layers + 1)
+
+
+def module_parts(
+    config: ModelConfig, include_projection_head: bool, include_supervised_head: bool
+) -> tuple[str, ...]:
+    """The parts a module of ``config`` holds; the encoder always, the heads when asked and present.
+
+    Raises ``ValueError`` when the supervised head is wanted without the projection head but reads
+    one of the projection head's layers.
+    """
+    parts = ["encoder"]
+    if include_projection_head:
+        parts.append("projection_head")
+    if include_supervised_head and config.num_classes > 0:
+        if not include_projection_head and selected_head_output(config) > 0:
+            raise ValueError(
+                f"the supervised head reads proj_head_{selected_head_output(config)} "
+                f"(ft_proj_selector={config.ft_proj_selector}), so it cannot be exported without "
+                "the projection head: include the projection head or exclude the supervised head."
+            )
+        parts.append("supervised_head")
+    return tuple(parts)
+
+
+def endpoint_names(config: ModelConfig, parts: Iterable[str]) -> tuple[str, ...]:
+    """Endpoints a module with ``parts`` returns, in the order of the design's contract."""
+    parts = tuple(parts)
+    names = list(BACKBONE_ENDPOINTS)
+    if "projection_head" in parts:
+        names.append("proj_head_input")
+        names.extend(f"proj_head_{i + 1}" for i in range(config.num_head_layers))
+        names.append("proj_head_output")
+    if "supervised_head" in parts:
+        names.append("logits_sup")
+    return tuple(names)
+
+
+def signature_names(config: ModelConfig, parts: Iterable[str]) -> tuple[str, ...]:
+    """Every signature of a module: one per endpoint, then ``default`` (= ``final_avg_pool``)."""
+    return (*endpoint_names(config, parts), DEFAULT_SIGNATURE)
+
+
+def model_parts(model: SimCLRModel) -> dict[str, tf.Module]:
+    """The parts ``model`` has, by name (no supervised head without classes)."""
+    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
+    if model.supervised_head is not None:
+        parts["supervised_head"] = model.supervised_head
+    return parts
+
+
+def variable_paths(model: SimCLRModel, parts: Iterable[str]) -> dict[str, tf.Variable]:
+    """Variables of ``parts`` keyed by object path, e.g. ``encoder.stem.convs.0.conv.kernel``.
+
+    The path is the one ``tf.train.Checkpoint(model=model)`` names a variable by (first found in
+    breadth-first order), with ``.`` between steps, so it identifies a variable by what it is in
+    the model, independently of Keras's global name counters and of ``trainable`` flags.
+    """
+    available = model_parts(model)
+    paths: dict[str, tf.Variable] = {}
+    seen: set[int] = set()
+    for part in parts:
+        queue = collections.deque([(part, available[part])])
+        while queue:
+            path, trackable = queue.popleft()
+            if id(trackable) in seen:
+                continue
+            seen.add(id(trackable))
+            if isinstance(trackable, tf.Variable):
+                paths[path] = trackable
+                continue
+            for name, child in tf.train.TrackableView.children(trackable).items():
+                queue.append((f"{path}.{name}", child))
+    return paths
+
+
+def save_hub_module(
+    model: SimCLRModel,
+    export_dir: str,
+    *,
+    include_projection_head: bool = True,
+    include_supervised_head: bool = True,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    step: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write ``model`` (built, under any strategy) as a TF-Hub module to ``export_dir``.
+
+    ``weight_decay`` is the coefficient of the module's regularization loss. Refuses to write
+    into an existing non-empty directory unless ``overwrite``, which replaces it. Returns
+    ``export_dir``.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be >= 0 (0 disables weight decay).")
+    if not model.built:
+        raise ValueError(
+            "the model has no variables yet; build it first (model.build_for_size(...)) "
+            "or restore a checkpoint into a built model."
+        )
+    if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir):
+        if not overwrite:
+            raise FileExistsError(
+                f"{export_dir} exists and is not empty; choose another export directory or "
+                "pass overwrite=True to replace it."
+            )
+        tf.io.gfile.rmtree(export_dir)
+    parts = module_parts(model.config, include_projection_head, include_supervised_head)
+    plain = _plain_copy(model, parts)
+    root = _build_module(plain, parts, weight_decay)
+    signatures = {
+        name: _signature(root.__call__, name, DEFAULT_ENDPOINTS.get(name, name))
+        for name in signature_names(plain.config, parts)
+    }
+    metadata = {
+        "format": METADATA_FORMAT,
+        "version": METADATA_VERSION,
+        "model_config": dataclasses.asdict(plain.config),
+        "parts": list(parts),
+        "signatures": list(signatures),
+        "weight_decay": weight_decay,
+        "step": step,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        metadata_path = os.path.join(scratch, METADATA_FILENAME)
+        with open(metadata_path, "w", encoding="utf-8") as handle:
+            json.dump(metadata, handle, indent=2, sort_keys=True)
+        root.metadata = tf.saved_model.Asset(metadata_path)
+        tf.saved_model.save(root, export_dir, signatures=signatures)
+    logging.info(
+        "Exported TF-Hub module with %s (%d variables, %d signatures) to %s",
+        ", ".join(parts),
+        len(root.variables),
+        len(signatures),
+        export_dir,
+    )
+    return export_dir
+
+
+def export_to_model_dir(
+    model: SimCLRModel,
+    model_dir: str,
+    step: int,
+    keep_hub_module_max: int,
+    include_projection_head: bool = True,
+    include_supervised_head: bool = True,
+    *,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+) -> str:
+    """Export ``model`` to ``model_dir/hub/<step>/`` and keep the ``keep_hub_module_max`` newest.
+
+    Called at the end of every phase. An existing module of the same step is replaced;
+    ``keep_hub_module_max <= 0`` keeps every module. Returns the module's path. Under
+    ``MultiWorkerMirroredStrategy`` reading synchronised variables is collective: call it on every
+    worker, with a scratch ``model_dir`` on the non-chief ones.
+    """
+    hub_dir = os.path.join(model_dir, "hub")
+    export_dir = os.path.join(hub_dir, str(int(step)))
+    save_hub_module(
+        model,
+        export_dir,
+        include_projection_head=include_projection_head,
+        include_supervised_head=include_supervised_head,
+        weight_decay=weight_decay,
+        step=int(step),
+        overwrite=True,
+    )
+    _prune_old_modules(hub_dir, keep_hub_module_max)
+    return export_dir
+
+
+def read_module_info(path: str) -> HubModuleInfo:
+    """Read what the tf-simclr TF-Hub module at ``path`` holds, without loading its graph."""
+    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"no TF-Hub module at {path}: expected {path}/saved_model.pb; pass the directory "
+            "written by the export (e.g. MODEL_DIR/hub/<step>)."
+        )
+    metadata_path = os.path.join(path, "assets", METADATA_FILENAME)
+    if not tf.io.gfile.exists(metadata_path):
+        raise ValueError(
+            f"{path} is a SavedModel but not a tf-simclr TF-Hub module (no "
+            f"assets/{METADATA_FILENAME}); export it with tf_simclr.hub or tf-simclr-export."
+        )
+    with tf.io.gfile.GFile(metadata_path) as handle:
+        metadata = json.load(handle)
+    if metadata.get("format") != METADATA_FORMAT or metadata.get("version") != METADATA_VERSION:
+        raise ValueError(
+            f"{metadata_path} has format {metadata.get('format')!r} version "
+            f"{metadata.get('version')!r}; this tf-simclr reads {METADATA_FORMAT!r} version "
+            f"{METADATA_VERSION}."
+        )
+    return HubModuleInfo(
+        config=model_config_from_dict(metadata["model_config"], metadata_path),
+        parts=tuple(metadata["parts"]),
+        signatures=tuple(metadata["signatures"]),
+        weight_decay=float(metadata["weight_decay"]),
+        step=metadata["step"],
+    )
+
+
+def load_config_from_hub(path: str) -> ModelConfig:
+    """The ``ModelConfig`` of the module at ``path`` (plain batch norm, float32, nothing frozen).
+
+    Replace the training-only fields (``global_bn``, ``dtype_policy``, ``fine_tune_after_block``,
+    ...) with ``dataclasses.replace`` before building the model you train.
+    """
+    return read_module_info(path).config
+
+
+def restore_model_from_hub(
+    model: SimCLRModel,
+    path: str,
+    *,
+    require_all_parts: bool = False,
+    parts: Iterable[str] | None = None,
+) -> tuple[str, ...]:
+    """Load the module's weights into the built ``model``; returns the parts restored.
+
+    Parts the module has but the model has not are ignored; parts the model has but the module
+    has not keep their current values (logged), unless ``require_all_parts`` (e.g. a distillation
+    teacher), which raises instead. Works for models under any strategy. Raises ``ValueError``
+    naming every architecture field that differs between the module and the model. ``parts``
+    limits the restore to those parts (e.g. ``("encoder", "projection_head")`` to start
+    fine-tuning with a fresh classifier).
+    """
+    info = read_module_info(path)
+    if not model.built:
+        raise ValueError(
+            "the model has no variables yet; build it first (model.build_for_size(...), inside "
+            "the strategy scope it trains under) so that the module's weights can be loaded."
+        )
+    available = tuple(part for part in model_parts(model) if parts is None or part in parts)
+    missing = [part for part in available if part not in info.parts]
+    if require_all_parts and missing:
+        raise ValueError(
+            f"the hub module {path} has no {', '.join(missing)} (it holds "
+            f"{', '.join(info.parts)}); export it with the missing parts included."
+        )
+    restored = tuple(part for part in available if part in info.parts)
+    _check_architecture(info.config, model.config, restored, path)
+    checkpoint = tf.train.Checkpoint()
+    checkpoint.model_variables = variable_paths(model, restored)
+    status = checkpoint.restore(os.path.join(path, "variables", "variables"))
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    if missing:
+        logging.info(
+            "Hub module %s has no %s; those keep their current values.", path, ", ".join(missing)
+        )
+    logging.info("Restored %s from hub module %s", ", ".join(restored), path)
+    return restored
+
+
+def model_config_from_dict(values: Mapping[str, object], source: str) -> ModelConfig:
+    """Build a ``ModelConfig`` from its ``dataclasses.asdict`` form read from ``source``."""
+    known = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"{source} has ModelConfig fields this tf-simclr does not know: {unknown}; "
+            "it was written by another version of tf-simclr."
+        )
+    return ModelConfig(**values)
+
+
+def architecture_mismatches(
+    expected: ModelConfig, actual: ModelConfig, parts: Iterable[str]
+) -> list[str]:
+    """``field: expected vs actual`` for every architecture field of ``parts`` that differs.
+
+    ``ft_proj_selector`` is compared as the head output it selects (-1 and N are the same).
+    """
+    mismatches = []
+    for part in parts:
+        for field in ARCHITECTURE_FIELDS[part]:
+            wanted, found = _architecture_value(expected, field), _architecture_value(actual, field)
+            if wanted != found:
+                mismatches.append(f"{field}: {wanted!r} vs {found!r}")
+    return mismatches
+
+
+def _architecture_value(config: ModelConfig, field: str) -> object:
+    if field == "ft_proj_selector":
+        return selected_head_output(config)
+    return getattr(config, field)
+
+
+def _check_architecture(
+    module_config: ModelConfig, config: ModelConfig, parts: Iterable[str], path: str
+) -> None:
+    mismatches = architecture_mismatches(module_config, config, parts)
+    if mismatches:
+        raise ValueError(
+            f"the hub module {path} does not fit the model (module vs model): "
+            f"{'; '.join(mismatches)}. Build the model from load_config_from_hub(path), or "
+            "export the module without the mismatching head."
+        )
+
+
+def _plain_copy(model: SimCLRModel, parts: tuple[str, ...]) -> SimCLRModel:
+    """A plain-BN float32 SimCLRModel holding the current values of ``model``'s ``parts``."""
+    plain = SimCLRModel(export_config(model.config)).build_for_size(BUILD_IMAGE_SIZE)
+    sources = variable_paths(model, parts)
+    targets = variable_paths(plain, parts)
+    if sorted(sources) != sorted(targets):
+        raise ValueError(
+            "the model's variables differ from those of a freshly built model of its "
+            f"ModelConfig: {sorted(set(sources) ^ set(targets))[:5]}; build the whole model "
+            "(model.build_for_size(...)) before exporting."
+        )
+    for path, target in targets.items():
+        target.assign(tf.cast(sources[path], target.dtype))
+    return plain
+
+
+def _forward(
+    model: SimCLRModel, parts: tuple[str, ...], images: tf.Tensor, training: bool
+) -> dict[str, tf.Tensor]:
+    """The endpoint dict of ``SimCLRModel.call`` restricted to ``parts``."""
+    endpoints = dict(model.encoder(images, training=training))
+    head_outputs = [endpoints["final_avg_pool"]]
+    if "projection_head" in parts:
+        head_outputs = model.projection_head(endpoints["final_avg_pool"], training=training)
+        endpoints["proj_head_input"] = head_outputs[0]
+        for i, output in enumerate(head_outputs[1:]):
+            endpoints[f"proj_head_{i + 1}"] = output
+        endpoints["proj_head_output"] = head_outputs[-1]
+    if "supervised_head" in parts:
+        features = head_outputs[selected_head_output(model.config)]
+        endpoints["logits_sup"] = model.supervised_head(features)
+    return {name: tf.cast(value, tf.float32) for name, value in endpoints.items()}
+
+
+def _build_module(
+    plain: SimCLRModel, parts: tuple[str, ...], weight_decay: float
+) -> tf.train.Checkpoint:
+    """The reusable-SavedModel root object: functions traced, variables and losses attached."""
+    layers = [model_parts(plain)[part] for part in parts]
+    trainable = [variable for layer in layers for variable in layer.trainable_variables]
+    non_trainable = [variable for layer in layers for variable in layer.non_trainable_variables]
+    excluded = plain.excluded_variables()
+
+    @tf.function
+    def call(images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        return _forward(plain, parts, images, training)
+
+    call.get_concrete_function(IMAGE_SPEC, training=True)
+    call.get_concrete_function(IMAGE_SPEC, training=False)
+
+    @tf.function(input_signature=[])
+    def regularization_loss() -> tf.Tensor:
+        return weight_decay_loss(trainable, weight_decay, excluded)
+
+    regularization_loss.get_concrete_function()
+
+    root = tf.train.Checkpoint()
+    root.__call__ = call
+    root.variables = trainable + non_trainable
+    root.trainable_variables = trainable
+    root.regularization_losses = [regularization_loss]
+    root.model_variables = variable_paths(plain, parts)
+    return root
+
+
+def _signature(
+    call: Callable[..., dict[str, tf.Tensor]], name: str, endpoint: str
+) -> tf.types.experimental.GenericFunction:
+    """An inference signature returning ``{name: endpoint}`` for input ``images``."""
+
+    @tf.function(input_signature=[IMAGE_SPEC])
+    def signature(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {name: call(images, training=False)[endpoint]}
+
+    return signature
+
+
+def _prune_old_modules(hub_dir: str, keep_hub_module_max: int) -> None:
+    """Delete all but the ``keep_hub_module_max`` newest ``hub_dir/<step>`` modules."""
+    if keep_hub_module_max <= 0:
+        return
+    steps = sorted(
+        int(name.rstrip("/")) for name in tf.io.gfile.listdir(hub_dir) if name.rstrip("/").isdigit()
+    )
+    for step in steps[:-keep_hub_module_max]:
+        tf.io.gfile.rmtree(os.path.join(hub_dir, str(step)))
+        logging.info("Removed old TF-Hub module %s", os.path.join(hub_dir, str(step)))

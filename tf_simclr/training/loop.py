@@ -1,0 +1,207 @@
+"""The custom training loop shared by the three phases (SimCLR section 2 / appendix B.1).
+
+``steps_per_loop`` steps run inside one ``tf.function`` through ``strategy.run``; each replica's
+loss is divided by the number of replicas because gradients are summed across replicas. The loop
+resumes from the newest checkpoint in ``model_dir/ckpt`` (model, optimizer slots and step), logs
+every metric to TensorBoard (``model_dir/train``) and to the terminal, stops on a non-finite loss
+without overwriting the last good checkpoint, and saves at ``checkpoint_steps`` boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_simclr.training.strategy import is_chief
+
+logger = logging.getLogger("tf_simclr")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or Inf."""
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    """What the loop needs to know about the run (derived from TrainConfig by the phase)."""
+
+    model_dir: str
+    total_steps: int
+    steps_per_loop: int
+    checkpoint_steps: int
+    keep_checkpoint_max: int
+    global_batch_size: int
+    steps_per_epoch: int
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass
+class StepFunctions:
+    """The per-replica pieces a phase provides to the loop.
+
+    ``compute`` maps a batch to ``(loss, scalars)`` inside the gradient tape: ``loss`` is the
+    replica's mean total loss and ``scalars`` the values to log (each averaged over steps).
+    ``variables`` are the variables to train. ``on_loop_end`` runs after each loop of steps
+    with the current step (e.g. the kNN monitor) and returns extra scalars to log.
+    """
+
+    compute: Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
+    variables: Callable[[], list[tf.Variable]]
+    metric_names: tuple[str, ...]
+    learning_rate: Callable[[tf.Tensor], tf.Tensor]
+    on_checkpoint: Callable[[int], dict[str, float]] | None = None
+
+
+def checkpoint_manager(
+    checkpoint: tf.train.Checkpoint,
+    model_dir: str,
+    strategy: tf.distribute.Strategy,
+    max_to_keep: int,
+) -> tf.train.CheckpointManager:
+    """CheckpointManager in ``model_dir/ckpt``; non-chief workers write to a scratch folder."""
+    directory = os.path.join(model_dir, "ckpt")
+    if not is_chief(strategy):
+        task_id = strategy.cluster_resolver.task_id
+        directory = os.path.join(model_dir, f".worker_scratch_{task_id}", "ckpt")
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+
+def train(
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    functions: StepFunctions,
+    iterator_factory: Callable[[int], Iterator],
+    settings: LoopSettings,
+) -> dict[str, float]:
+    """Train to ``settings.total_steps``, resuming from the newest checkpoint.
+
+    ``iterator_factory(start_step)`` returns the distributed input iterator positioned at
+    ``start_step`` (deterministic pipelines skip what was consumed; others just restart).
+    Returns the last logged scalars.
+    """
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = checkpoint_manager(
+        checkpoint, settings.model_dir, strategy, settings.keep_checkpoint_max
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        logger.info("resumed from %s", manager.latest_checkpoint)
+    start_step = int(optimizer.iterations.numpy())
+    chief = is_chief(strategy)
+    writer = (
+        tf.summary.create_file_writer(os.path.join(settings.model_dir, "train"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+    with strategy.scope():
+        metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
+    run_steps = _multi_step_function(strategy, optimizer, functions, metrics, settings.jit_compile)
+    iterator = iterator_factory(start_step)
+    step = start_step
+    scalars: dict[str, float] = {}
+    started = time.time()
+    while step < settings.total_steps:
+        next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps
+        count = min(settings.steps_per_loop, settings.total_steps - step, next_checkpoint - step)
+        loop_start = time.time()
+        run_steps(iterator, tf.constant(count, tf.int32))
+        step = int(optimizer.iterations.numpy())
+        elapsed = max(time.time() - loop_start, 1e-9)
+        scalars = {name: float(metric.result().numpy()) for name, metric in metrics.items()}
+        for metric in metrics.values():
+            metric.reset_state()
+        if not all(math.isfinite(value) for value in scalars.values()):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({scalars}); stopped without saving, the last "
+                f"good checkpoint in {manager.directory} is intact. Lower --learning_rate, "
+                "check the data, or use --precision=float32."
+            )
+        scalars["images_per_second"] = count * settings.global_batch_size / elapsed
+        scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
+        if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
+            manager.save(checkpoint_number=step)
+            if functions.on_checkpoint is not None:
+                scalars.update(functions.on_checkpoint(step))
+        _write_scalars(writer, scalars, step)
+        _log_progress(step, settings, scalars, time.time() - started, step - start_step)
+    writer.flush()
+    if not chief:
+        shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
+    return scalars
+
+
+def _multi_step_function(
+    strategy: tf.distribute.Strategy,
+    optimizer: keras.optimizers.Optimizer,
+    functions: StepFunctions,
+    metrics: dict[str, keras.metrics.Mean],
+    jit_compile: bool,
+) -> Callable:
+    """``steps`` training steps in one ``tf.function`` (the reference's multi-step loop)."""
+    num_replicas = strategy.num_replicas_in_sync
+    loss_scaling = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+    def gradients(batch: dict) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        variables = functions.variables()
+        with tf.GradientTape() as tape:
+            loss, scalars = functions.compute(batch)
+            scaled = loss / num_replicas
+            if loss_scaling:
+                scaled = optimizer.get_scaled_loss(scaled)
+        grads = tape.gradient(scaled, variables)
+        if loss_scaling:
+            grads = optimizer.get_unscaled_gradients(grads)
+        return grads, scalars
+
+    compute_gradients = tf.function(gradients, jit_compile=True) if jit_compile else gradients
+
+    def replica_step(batch: dict) -> None:
+        grads, scalars = compute_gradients(batch)
+        optimizer.apply_gradients(zip(grads, functions.variables(), strict=True))
+        for name, value in scalars.items():
+            metrics[name].update_state(value)
+
+    @tf.function
+    def run_steps(iterator: Iterator, steps: tf.Tensor) -> None:
+        for _ in tf.range(steps):
+            strategy.run(replica_step, args=(next(iterator),))
+
+    return run_steps
+
+
+def _write_scalars(writer, scalars: dict[str, float], step: int) -> None:
+    with writer.as_default(step=step):
+        for name, value in scalars.items():
+            tag = name if name == "learning_rate" or "/" in name else f"train/{name}"
+            tf.summary.scalar(tag, value)
+
+
+def _log_progress(
+    step: int, settings: LoopSettings, scalars: dict[str, float], elapsed: float, done: int
+) -> None:
+    remaining = settings.total_steps - step
+    eta = elapsed / max(done, 1) * remaining
+    shown = " ".join(
+        f"{name}={value:.4g}"
+        for name, value in scalars.items()
+        if name not in ("images_per_second", "learning_rate")
+    )
+    logger.info(
+        "step %d/%d epoch %.2f %s lr=%.4g images/s=%.1f eta=%s",
+        step,
+        settings.total_steps,
+        step / max(settings.steps_per_epoch, 1),
+        shown,
+        scalars["learning_rate"],
+        scalars["images_per_second"],
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )

@@ -1,0 +1,54 @@
+"""Choosing the tf.distribute strategy (SimCLR section 2: large batches across accelerators).
+
+Every phase runs under one of these; negatives for NT-Xent and sync-BN statistics come from all
+of its replicas. ``logical_cpu_devices`` splits the CPU into that many logical devices before
+TensorFlow starts, which is how multi-replica runs are simulated on a machine without
+accelerators.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def configure_logical_cpus(count: int) -> None:
+    """Split the first CPU into ``count`` logical devices (must run before any TF op)."""
+    if count <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+
+
+def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
+    """The strategy called ``name``: default, mirrored, multi_worker (TF_CONFIG) or tpu.
+
+    ``mirrored`` replicates over every local GPU, or over every logical CPU device when there
+    is no GPU. ``multi_worker`` reads the cluster from the ``TF_CONFIG`` environment variable.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"strategy={name!r} must be one of {STRATEGIES}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes checkpoints, summaries and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
