@@ -92,17 +92,24 @@ def tf_simclr_pipeline(images: np.ndarray, size: int, batch: int, blur: bool) ->
     )
 
 
-def measure(dataset: tf.data.Dataset, views_per_batch: int, seconds: float) -> float:
-    """Views per second after a warm-up (tracing, XLA compilation, filling the prefetch)."""
-    iterator = iter(dataset)
-    warm_up_end = time.perf_counter() + max(3.0, seconds / 4)
-    while time.perf_counter() < warm_up_end:
-        next(iterator)
-    batches, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(iterator)
-        batches += 1
-    return batches * views_per_batch / (time.perf_counter() - start)
+def measure(datasets: list[tf.data.Dataset], views_per_batch: int, seconds: float) -> list[float]:
+    """Views per second of each dataset, timed in alternating one-second rounds (so that a
+    change of machine load hits all of them alike), after a warm-up (tracing, XLA compilation,
+    filling the prefetch buffer)."""
+    iterators = [iter(dataset) for dataset in datasets]
+    for iterator in iterators:
+        warm_up_end = time.perf_counter() + max(3.0, seconds / 4)
+        while time.perf_counter() < warm_up_end:
+            next(iterator)
+    batches, elapsed = [0] * len(iterators), [0.0] * len(iterators)
+    for _ in range(max(1, round(seconds))):
+        for number, iterator in enumerate(iterators):
+            start = time.perf_counter()
+            while time.perf_counter() - start < 1.0:
+                next(iterator)
+                batches[number] += 1
+            elapsed[number] += time.perf_counter() - start
+    return [count * views_per_batch / time for count, time in zip(batches, elapsed, strict=True)]
 
 
 def one_form(images: np.ndarray, size: int, batch: int, per_batch: bool) -> tf.data.Dataset:
@@ -137,7 +144,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(
         f"# {platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, "
-        f"{args.seconds:g} s per row"
+        f"{args.seconds:g} s per pipeline and row"
     )
     print("| side | blur | reference per-example map | tf_simclr | speed-up |")
     print("|---:|:---:|---:|---:|---:|")
@@ -145,10 +152,9 @@ def main() -> None:
         batch = 128 if size <= 64 else 32
         images = rng.integers(0, 256, (4096 if size <= 64 else 256, size, size, 3), np.uint8)
         for blur in (False, True):
-            rates = [
-                measure(build(images, size, batch, blur), 2 * batch, args.seconds)
-                for build in (reference_pipeline, tf_simclr_pipeline)
-            ]
+            builds = (reference_pipeline, tf_simclr_pipeline)
+            datasets = [build(images, size, batch, blur) for build in builds]
+            rates = measure(datasets, 2 * batch, args.seconds)
             print(
                 f"| {size} | {'yes' if blur else 'no'} | {rates[0]:,.0f} | {rates[1]:,.0f} "
                 f"| {rates[1] / rates[0]:.1f}x |",
@@ -159,10 +165,8 @@ def main() -> None:
         print("|---:|---:|---:|")
         for size in (int(text) for text in args.form_sides.split(",")):
             images = rng.integers(0, 256, (1024, size, size, 3), np.uint8)
-            rates = [
-                measure(one_form(images, size, 64, per_batch), 128, args.seconds / 2)
-                for per_batch in (False, True)
-            ]
+            datasets = [one_form(images, size, 64, per_batch) for per_batch in (False, True)]
+            rates = measure(datasets, 128, args.seconds / 2)
             print(f"| {size} | {rates[0]:,.0f} | {rates[1]:,.0f} |", flush=True)
 
 

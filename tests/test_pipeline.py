@@ -199,6 +199,30 @@ def test_deterministic_runs_repeat_and_seeds_change_the_stream():
         assert not np.allclose(reference[0], other[0])
 
 
+@pytest.mark.parametrize("size", [16, 96], ids=["per-batch", "per-example"])
+def test_deterministic_resume_replays_the_uninterrupted_stream(size):
+    dataset, info = load_source(f"synthetic:size={size},count=64,classes=4")
+
+    def batches(start_step: int, count: int) -> list[np.ndarray]:
+        stream = build_dataset(
+            dataset,
+            info.num_examples,
+            phase="pretrain",
+            global_batch_size=8,
+            augment=AugmentConfig(image_size=size, augment_jit_compile=False),
+            training=True,
+            seed=3,
+            deterministic=True,
+            start_step=start_step,
+        )
+        return [b["view2"].numpy() for b in stream.take(count)]
+
+    uninterrupted = batches(0, 12)  # 12 batches of 8 cross the 64-image epoch boundary
+    resumed = batches(7, 5)
+    for expected, got in zip(uninterrupted[7:], resumed, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_each_replica_gets_its_share_of_the_global_batch(two_replica_strategy):
     dataset, info = load_source(SYNTHETIC)
     stream = build_distributed_dataset(
@@ -237,7 +261,7 @@ def test_distributed_eval_sees_every_example_exactly_once(two_replica_strategy):
 
 
 def test_bad_arguments_are_clear_errors(two_replica_strategy):
-    dataset, info = load_source(SYNTHETIC)
+    dataset, _ = load_source(SYNTHETIC)
     common = dict(augment=AugmentConfig(image_size=16), global_batch_size=8)
     with pytest.raises(ValueError, match="multiple of 2"):
         build_distributed_dataset(
@@ -258,4 +282,3 @@ def test_bad_arguments_are_clear_errors(two_replica_strategy):
         build_dataset(floats, 64, phase="finetune", training=True, **common)
     with pytest.raises(ValueError, match="empty"):
         build_dataset(dataset, 0, phase="finetune", training=True, **common)
-    del info

@@ -53,7 +53,7 @@ def test_a_subset_without_some_class_is_an_error(labels):
     _, imbalanced = labels
     with pytest.raises(ValueError, match="class 2 has 100 example"):
         select_subset(imbalanced, label_fraction=0.004)
-    with pytest.raises(ValueError, match="class 2 has 100 .*labels_per_class <= 100"):
+    with pytest.raises(ValueError, match=r"class 2 has 100 .*labels_per_class <= 100"):
         select_subset(imbalanced, labels_per_class=150)
     with pytest.raises(ValueError, match="class 3 has 0"):
         select_subset(imbalanced, label_fraction=0.5, num_classes=4)

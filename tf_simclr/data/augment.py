@@ -173,11 +173,17 @@ def crop_resize_image(
 ) -> tf.Tensor:
     """Crops ``box`` (y, x, h, w) out of one uint8 image [H, W, 3], bicubic-resizes to ``size``.
 
-    Returns float32 [size, size, 3] in [0, 1], mirrored left-right if ``flip``.
+    Returns float32 [size, size, 3] in [0, 1], mirrored left-right if ``flip``. (A ``tf.cond``
+    on the flip, not a ``tf.where`` with a broadcast scalar: that select alone costs more than
+    the resize.)
     """
-    crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
-    resized = tf.image.resize(crop[None], [size, size], method="bicubic")[0] / 255.0
-    resized = tf.where(flip, tf.reverse(resized, axis=[1]), resized)
+    crop = tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])
+    pixels = tf.cast(crop, tf.float32) / 255.0
+    resized = tf.image.resize(pixels[None], [size, size], method="bicubic")[0]
+    if isinstance(flip, bool):
+        resized = tf.reverse(resized, axis=[1]) if flip else resized
+    else:
+        resized = tf.cond(flip, lambda: tf.reverse(resized, axis=[1]), lambda: resized)
     return tf.clip_by_value(tf.ensure_shape(resized, [size, size, 3]), 0.0, 1.0)
 
 

@@ -74,8 +74,8 @@ class RandomBlur:
         self._config = config
         jit = config.augment_jit_compile
         self._separable_blur = blur_shifted_sum if jit else blur_depthwise
-        self._blur = tf.function(self._separable_blur, jit_compile=jit)
         self._blur_batch = tf.function(self._blur_selected, jit_compile=jit)
+        self._blur_example = tf.function(self._blur_one, jit_compile=jit)
 
     def _sigma(self, uniforms: tf.Tensor) -> tf.Tensor:
         low, high = self._config.blur_sigma_range
@@ -93,12 +93,15 @@ class RandomBlur:
         return self._blur_batch(images, uniforms)
 
     def blur_example(self, image: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
+        return self._blur_example(image, uniforms)
+
+    def _blur_one(self, image: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
         radius = blur_radius(min(image.shape[0], image.shape[1]))
         if radius == 0:
             return image
 
         def blurred() -> tf.Tensor:
             sigma = self._sigma(uniforms[1:2])
-            return tf.clip_by_value(self._blur(image[None], sigma, radius)[0], 0.0, 1.0)
+            return tf.clip_by_value(self._separable_blur(image[None], sigma, radius)[0], 0.0, 1.0)
 
         return tf.cond(uniforms[0] < self._config.blur_probability, blurred, lambda: image)

@@ -1,10 +1,9 @@
-"""Colour distortion of a batch of images, each with its own random draw (SimCLR appendix A).
+"""Colour distortion, every image with its own random draw (SimCLR appendix A).
 
 SimCLR's colour distortion of strength ``s``: with probability 0.8 apply brightness, contrast,
 saturation (each with factor range ``0.8 s``) and hue (``0.2 s``) in a random order, clipping to
 [0, 1] after each; then with probability 0.2 convert to grayscale (kept as 3 channels). The
-reference implementation does this image by image with ``tf.image`` ops; here the whole batch is
-distorted at once, every image with its own parameters and its own order:
+reference implementation chains ``tf.image`` ops; here each op is a closed form that XLA fuses:
 
 * brightness, contrast and saturation are all per-pixel affine maps ``y = a x + b``:
   brightness ``a = f`` (SimCLRv2, multiplicative) or ``b = delta`` (SimCLRv1, additive),
@@ -23,7 +22,7 @@ Two forms with the same result for the same random draws:
   three passes apply the ops it has *after* it. Each pass is a separate (optionally XLA-compiled)
   function so that the per-image contrast mean of one pass is materialised, not recomputed;
 * per example (:meth:`ColorDistortion.distort_example`, large images): ``tf.switch_case`` runs
-  only the four drawn ops (or none), each a compiled single-op function.
+  only the four drawn ops (or none), in one compiled function.
 """
 
 from __future__ import annotations
@@ -182,11 +181,9 @@ class ColorDistortion:
         self._config = config
         jit = config.augment_jit_compile
         self._affine = tf.function(affine_step, jit_compile=jit)
-        self._brightness = tf.function(adjust_brightness, jit_compile=jit)
-        self._contrast = tf.function(adjust_contrast, jit_compile=jit)
-        self._saturation = tf.function(adjust_saturation, jit_compile=jit)
         self._hue = tf.function(adjust_hue, jit_compile=jit)
         self._finish = tf.function(self._select_and_gray, jit_compile=jit)
+        self._distort_example = tf.function(self._distort_one, jit_compile=jit)
 
     @staticmethod
     def _select_and_gray(
@@ -213,6 +210,10 @@ class ColorDistortion:
 
     def distort_example(self, image: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
         """Distorts one image [H, W, 3] with its ``uniforms`` [COLOR_UNIFORMS]."""
+        return self._distort_example(image, uniforms)
+
+    def _distort_one(self, image: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
+        # One compiled function; XLA keeps the conditionals, so only the drawn ops run.
         params = jitter_parameters(uniforms[None], self._config)
         first = tf.nest.map_structure(lambda tensor: tensor[0], params)
 
@@ -221,11 +222,11 @@ class ColorDistortion:
             for position in range(4):
                 branches = [
                     functools.partial(
-                        self._brightness, result, first.brightness_scale, first.brightness_shift
+                        adjust_brightness, result, first.brightness_scale, first.brightness_shift
                     ),
-                    functools.partial(self._contrast, result, first.contrast),
-                    functools.partial(self._saturation, result, first.saturation),
-                    functools.partial(self._hue, result, first.hue),
+                    functools.partial(adjust_contrast, result, first.contrast),
+                    functools.partial(adjust_saturation, result, first.saturation),
+                    functools.partial(adjust_hue, result, first.hue),
                 ]
                 result = tf.switch_case(first.order[position], branches)
             return result

@@ -104,7 +104,7 @@ def _png_with_pil(path: str) -> bytes | None:
     try:
         with Image.open(path) as image:
             pixels = pil_to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Exception:  # whatever Pillow raises, the file is unreadable and gets skipped
         return None
     return tf.io.encode_png(pixels).numpy()
 
@@ -167,7 +167,9 @@ class FolderSource(Source):
         inline = tf.constant(list(self._inline[selected]), dtype=tf.string)
         files = tf.data.Dataset.from_tensor_slices((paths, inline, self._labels[selected]))
 
-        def decode(path: tf.Tensor, png: tf.Tensor, label: tf.Tensor):
+        def decode(
+            path: tf.Tensor, png: tf.Tensor, label: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor]:
             data = tf.cond(tf.strings.length(png) > 0, lambda: png, lambda: tf.io.read_file(path))
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             return tf.ensure_shape(image, [None, None, 3]), label

@@ -15,9 +15,9 @@ Batches (images float32 NHWC in [0, 1], no mean/std normalisation; labels int32)
 Training streams are sharded per input pipeline, optionally cached, shuffled, repeated, augmented
 and batched with a fixed per-replica batch, and prefetched. Small fixed-size images are batched
 first and augmented a whole batch at a time; large or variable-size images are augmented one by
-one before batching (see :mod:`.augment`). Every random draw is a stateless function of ``seed``,
-``start_step`` and the element's position in the stream, so ``deterministic=True`` reproduces a
-run exactly.
+one before batching (see :mod:`.augment`). Every random draw is a stateless function of ``seed``
+and the element's position in the stream, so ``deterministic=True`` reproduces a run exactly,
+including a run resumed at ``start_step``.
 """
 
 from __future__ import annotations
@@ -155,8 +155,11 @@ def build_dataset(
     ``num_examples`` is the size of ``dataset`` (sizes the shuffle buffer). With an
     ``input_context`` the batch is the per-replica share of ``global_batch_size`` and the data is
     sharded over input pipelines. Training repeats forever and drops the last partial batch;
-    ``training=False`` reads the data once and keeps it. ``start_step`` (a resumed run) starts a
-    fresh, equally reproducible random stream. ``deterministic`` fixes the element order.
+    ``training=False`` reads the data once and keeps it. ``start_step`` positions a resumed run:
+    with ``deterministic`` the stream is replayed from the start and its first ``start_step``
+    batches skipped before augmentation (cheap: no augmentation runs for them), so a resumed run
+    sees exactly the batches an uninterrupted one would; otherwise a fresh, equally reproducible
+    random stream starts there. ``deterministic`` also fixes the element order.
     """
     _check_arguments(dataset, num_examples, phase, training, cache)
     batch_size = global_batch_size
@@ -168,11 +171,13 @@ def build_dataset(
             dataset = dataset.shard(input_context.num_input_pipelines, pipeline_id)
     if batch_size < 1:
         raise ValueError(f"global_batch_size={global_batch_size} must be >= 1.")
+    replay = deterministic and training
+    stream_step = 0 if replay else start_step
     batcher = _Batcher(
         Augmenter(augment),
         phase,
         training,
-        fold_seed(tf.constant([seed, start_step], tf.int64), pipeline_id),
+        fold_seed(tf.constant([seed, stream_step], tf.int64), pipeline_id),
     )
     if cache:
         dataset = dataset.cache()
@@ -180,14 +185,21 @@ def build_dataset(
         buffer = shuffle_buffer or default_shuffle_buffer(
             batch_size, augment.image_size, num_examples
         )
-        shuffle_seed = (seed * 1_000_003 + start_step * 7_919 + pipeline_id) % 2**31
+        shuffle_seed = (seed * 1_000_003 + stream_step * 7_919 + pipeline_id) % 2**31
         dataset = dataset.shuffle(buffer, seed=shuffle_seed).repeat()
+    skipped_batches = start_step if replay else 0
+    if skipped_batches:
+        dataset = dataset.skip(skipped_batches * batch_size)
     parallel = tf.data.AUTOTUNE
     if augments_per_batch(dataset.element_spec[0].shape, augment.image_size):
         dataset = dataset.batch(batch_size, drop_remainder=training)
-        dataset = dataset.enumerate().map(batcher.augment_batch, num_parallel_calls=parallel)
+        dataset = dataset.enumerate(start=skipped_batches).map(
+            batcher.augment_batch, num_parallel_calls=parallel
+        )
     else:
-        dataset = dataset.enumerate().map(batcher.augment_example, num_parallel_calls=parallel)
+        dataset = dataset.enumerate(start=skipped_batches * batch_size).map(
+            batcher.augment_example, num_parallel_calls=parallel
+        )
         dataset = dataset.batch(batch_size, drop_remainder=training)
         dataset = dataset.map(batcher.to_dict, num_parallel_calls=parallel)
     options = tf.data.Options()

@@ -92,9 +92,12 @@ def train(
     manager = checkpoint_manager(
         checkpoint, settings.model_dir, strategy, settings.keep_checkpoint_max
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        logger.info("resumed from %s", manager.latest_checkpoint)
+    # Every worker resumes from the chief's checkpoints: a non-chief's scratch folder may be
+    # missing or older than the chief's (it is deleted at the end of each run).
+    latest = tf.train.latest_checkpoint(os.path.join(settings.model_dir, "ckpt"))
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+        logger.info("resumed from %s", latest)
     start_step = int(optimizer.iterations.numpy())
     chief = is_chief(strategy)
     writer = (

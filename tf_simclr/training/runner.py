@@ -106,6 +106,12 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     parts = {"encoder": model.encoder, "projection_head": model.projection_head}
     if include_supervised_head and model.supervised_head is not None:
         parts["supervised_head"] = model.supervised_head
+    mismatches = hub.architecture_mismatches(load_model_config(source), model.config, parts)
+    if mismatches:
+        raise ValueError(
+            f"{source!r} holds a different architecture (saved vs requested): "
+            f"{'; '.join(mismatches)}; pass the same architecture flags as its run."
+        )
     status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(
         resolve_checkpoint(source)
     )
@@ -406,8 +412,11 @@ class PhaseRunner:
 
     # -- evaluate --------------------------------------------------------------------------
 
-    def evaluate(self, model: SimCLRModel | None = None) -> dict[str, float]:
-        """Top-1 / top-5 of the supervised head over the whole eval split (+ kNN for pretrain)."""
+    def evaluate(
+        self, model: SimCLRModel | None = None, step: int | None = None
+    ) -> dict[str, float]:
+        """Top-1 / top-5 of the supervised head over the whole eval split (+ kNN for pretrain),
+        logged at ``step`` (default: the newest checkpoint's)."""
         train = self.config.train
         if model is None:
             model = self._restore_for_eval()
@@ -419,7 +428,7 @@ class PhaseRunner:
             )
         if self._knn_enabled():
             results["knn_top_1_accuracy"] = self.knn_accuracy(model)
-        step = self._latest_step()
+        step = self._latest_step() if step is None else step
         if self.chief:
             writer = tf.summary.create_file_writer(os.path.join(train.model_dir, "eval"))
             with writer.as_default(step=step):
@@ -469,7 +478,8 @@ def follow_checkpoints(runner: PhaseRunner) -> dict:
     results: dict = {}
     timeout = train.eval_timeout_seconds or None
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout):
-        results = runner.evaluate(runner._restore_for_eval(path))
+        step = int(path.rsplit("-", 1)[1])
+        results = runner.evaluate(runner._restore_for_eval(path), step)
         logger.info("evaluated %s: %s", path, results)
         if timeout is None:
             break

@@ -1,0 +1,226 @@
+"""Pretraining throughput: source images/second, FLOP/s against the matmul peak, peak memory.
+
+Each configuration runs in its own process (clean peak RSS, its own logical-device layout):
+the real pretraining step of tf-simclr (NT-Xent with cross-replica negatives, LARS, the on-line
+linear probe, sync BN with several replicas) inside the multi-step ``tf.function`` of the loop,
+fed either by the real input pipeline (``pipeline``) or by one pre-augmented batch repeated
+(``model only``). "Images" are source images: both views of an image count once.
+
+    .venv/bin/python bench/throughput.py --configs=r18_32 --batch=256
+    .venv/bin/python bench/throughput.py            # every configuration of BENCHMARKS.md
+
+Model FLOPs are counted by TensorFlow's profiler on the traced forward pass of one view batch
+(multiply-adds count as 2 FLOPs); a training step is counted as 3x the forward pass, the usual
+estimate (forward + two backward matmuls per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "r18_32": {"resnet_depth": 18, "image_size": 32, "cifar_stem": True},
+    "r50_32": {"resnet_depth": 50, "image_size": 32, "cifar_stem": True},
+    "r50_224": {"resnet_depth": 50, "image_size": 224, "cifar_stem": False},
+}
+
+
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 20) -> float:
+    """Sustained FLOP/s of a square ``tf.matmul`` in ``dtype`` on this machine."""
+    import tensorflow as tf
+
+    a = tf.random.uniform([size, size], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def chain(x: tf.Tensor) -> tf.Tensor:
+        for _ in range(repeats):
+            x = tf.matmul(x, a)
+            x = x / tf.cast(size, x.dtype)
+        return x
+
+    chain(a).numpy()
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        chain(a).numpy()
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def forward_flops(model, batch: int, image_size: int) -> float:
+    """FLOPs of one forward pass of ``batch`` images (TensorFlow profiler, float_operation)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    forward = tf.function(lambda x: model(x, training=False)["proj_head_output"])
+    concrete = forward.get_concrete_function(
+        tf.TensorSpec([batch, image_size, image_size, 3], tf.float32)
+    )
+    frozen = convert_variables_to_constants_v2(concrete)
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+    return float(profile.total_float_ops)
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """Measure one configuration in this process (called in a child process)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tf_simclr.training.strategy import configure_logical_cpus
+
+    configure_logical_cpus(args.replicas)
+    from tf_simclr.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
+    from tf_simclr.data import build_distributed_dataset, load_source
+    from tf_simclr.models import SimCLRModel
+    from tf_simclr.objectives import WarmUpAndCosineDecay, build_optimizer
+    from tf_simclr.training import loop, phases
+
+    spec = CONFIGS[args.config]
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[args.precision]
+    if args.replicas > 1:
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
+    else:
+        strategy = tf.distribute.get_strategy()
+    config = ModelConfig(
+        resnet_depth=spec["resnet_depth"],
+        width_multiplier=args.width,
+        cifar_stem=spec["cifar_stem"],
+        global_bn=args.replicas > 1,
+        num_classes=10,
+        supervised_head_stop_gradient=True,
+        dtype_policy=policy,
+    )
+    image_size = spec["image_size"]
+    with strategy.scope():
+        model = SimCLRModel(config).build_for_size(image_size)
+        schedule = WarmUpAndCosineDecay(0.3, 10, 10_000)
+        optimizer = build_optimizer(OptimConfig(), schedule, model.excluded_variables())
+        optimizer.build(model.trainable_variables)
+    compute = phases.pretrain_compute(model, strategy, LossConfig(), OptimConfig(), True)
+    functions = loop.StepFunctions(
+        compute=compute,
+        variables=lambda: model.trainable_variables,
+        metric_names=(
+            "total_loss",
+            "weight_decay",
+            "contrast_loss",
+            "contrast_acc",
+            "contrast_entropy",
+            "supervised_loss",
+            "supervised_acc",
+        ),
+        learning_rate=schedule,
+    )
+    with strategy.scope():
+        metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
+    run_steps = loop.build_train_function(strategy, optimizer, functions, metrics, False)
+    count = max(args.batch * 4, 1024)
+    source, info = load_source(f"synthetic:size={image_size},count={count},classes=10")
+    augment = AugmentConfig(image_size=image_size, color_jitter_strength=0.5)
+    dataset = build_distributed_dataset(
+        strategy,
+        source,
+        info.num_examples,
+        phase="pretrain",
+        global_batch_size=args.batch,
+        augment=augment,
+        training=True,
+    )
+    # "model only": one pre-augmented batch, captured once and repeated inside the step loop.
+    iterator = iter(dataset) if args.pipeline else _repeat(next(iter(dataset)))
+    run_steps(iterator, tf.constant(args.warmup, tf.int32))
+    start = time.perf_counter()
+    run_steps(iterator, tf.constant(args.steps, tf.int32))
+    losses = {name: float(metric.result()) for name, metric in metrics.items()}
+    seconds = time.perf_counter() - start
+    images_per_second = args.steps * args.batch / seconds
+    per_view = forward_flops(model, 1, image_size)
+    step_flops = 3 * per_view * 2 * images_per_second  # two views per source image
+    result = {
+        "config": args.config,
+        "width": args.width,
+        "precision": args.precision,
+        "replicas": args.replicas,
+        "batch": args.batch,
+        "pipeline": args.pipeline,
+        "images_per_second": images_per_second,
+        "model_tflops_per_second": step_flops / 1e12,
+        "forward_gflops_per_view": per_view / 1e9,
+        "contrast_loss": losses["contrast_loss"],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    if args.peak:
+        peak = matmul_peak("bfloat16" if args.precision == "bfloat16" else "float32")
+        result["matmul_peak_tflops"] = peak / 1e12
+        result["fraction_of_peak"] = step_flops / peak
+    return result
+
+
+def _repeat(batch):
+    while True:
+        yield batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="r18_32,r50_32,r50_224")
+    parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--replica_counts", default="1,2")
+    parser.add_argument("--batch", type=int, default=0, help="0: 256 at 32 px, 16 at 224 px")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--modes", default="pipeline,model_only")
+    parser.add_argument("--output", default="")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child = argparse.Namespace(**json.loads(args.child))
+        print("RESULT " + json.dumps(run_one(child)), flush=True)
+        return
+    results = []
+    for config in args.configs.split(","):
+        batch = args.batch or (16 if CONFIGS[config]["image_size"] > 64 else 256)
+        for precision in args.precisions.split(","):
+            for replicas in (int(r) for r in args.replica_counts.split(",")):
+                for mode in args.modes.split(","):
+                    child = dict(
+                        config=config,
+                        precision=precision,
+                        replicas=replicas,
+                        batch=batch,
+                        width=args.width,
+                        steps=args.steps,
+                        warmup=args.warmup,
+                        pipeline=mode == "pipeline",
+                        peak=mode == "model_only",
+                    )
+                    output = subprocess.run(
+                        [sys.executable, __file__, "--child", json.dumps(child)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+                    result = json.loads(line[len("RESULT ") :])
+                    results.append(result)
+                    print(json.dumps(result), flush=True)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Helpers of the end-to-end tests: run the ``tf-simclr`` binary as a user would and read back
+what it wrote (checkpoints, TensorBoard events, JSON files).
+
+Runs are tiny (ResNet-18 at width 1/8 with the CIFAR stem on 16x16 synthetic images) so that the
+whole set stays within a few minutes on two CPU cores. Output goes to ``<model_dir>.log`` files,
+never to pipes: a worker of a multi-worker run blocked on a full pipe would stall its peer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Generous guard against a hung run (e.g. a worker waiting for a dead peer); not a timing assert.
+RUN_TIMEOUT_SECONDS = 900
+
+SMALL_DATA = "synthetic:size=16,count=256,classes=4,test_count=64"
+SMALL_MODEL = (
+    f"--dataset={SMALL_DATA}",
+    "--image_size=16",
+    "--cifar_stem",
+    "--resnet_depth=18",
+    "--width_multiplier=0.125",
+    "--nouse_blur",
+)
+# The short deterministic pretraining shared by the distribution, resume, NaN and precision
+# tests: 12 steps of batch 32, one step per loop (so step 1's loss is logged on its own) and a
+# checkpoint every 3 steps. Linear evaluation stays on (it is part of the pretraining step). The
+# learning rate is low enough for training not to be chaotic: at 0.5, round-off differences
+# between one and two replicas grow ~10x per step (the batch-norm scales move by ~1 in 12 steps).
+REFERENCE_STEPS = 12
+REFERENCE_FLAGS = (
+    "--train_mode=pretrain",
+    "--mode=train",
+    *SMALL_MODEL,
+    "--train_batch_size=32",
+    f"--train_steps={REFERENCE_STEPS}",
+    "--steps_per_loop=1",
+    "--checkpoint_steps=3",
+    "--learning_rate=0.02",
+    "--warmup_epochs=0",
+    "--noknn_monitor",
+    "--keep_hub_module_max=0",
+    "--deterministic",
+    "--seed=3",
+)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a child run: this one without TF_CONFIG, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def binary_command(*flags: str) -> list[str]:
+    """``python -m tf_simclr.run FLAGS...`` (the same entry point as the ``tf-simclr`` script)."""
+    return [sys.executable, "-m", "tf_simclr.run", *flags]
+
+
+@dataclasses.dataclass
+class Finished:
+    """A finished child process and where its output went."""
+
+    returncode: int
+    log_path: Path
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+def start(command: list[str], log_path: Path, env: dict[str, str] | None = None):
+    """Start ``command`` in the repository root with stdout and stderr in ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by finish()
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env or subprocess_env(),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+    process.log_handle = handle
+    process.log_path = log_path
+    return process
+
+
+def finish(process) -> Finished:
+    """Wait for a process from :func:`start` (killing it if it hangs)."""
+    try:
+        process.wait(timeout=RUN_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    finally:
+        process.log_handle.close()
+    return Finished(process.returncode, process.log_path)
+
+
+def finish_together(processes: list) -> list[Finished]:
+    """Wait for processes that depend on each other (the workers of one cluster): when one
+    fails, the others would wait for it forever, so they are killed."""
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while any(process.poll() is None for process in processes):
+        failed = any(process.poll() not in (None, 0) for process in processes)
+        if failed or time.monotonic() > deadline:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+        time.sleep(0.2)
+    return [finish(process) for process in processes]
+
+
+def run_all(jobs: dict[str, tuple[list[str], Path]]) -> dict[str, Finished]:
+    """Run ``{name: (command, log_path)}`` concurrently and wait for all of them."""
+    processes = {name: start(command, log) for name, (command, log) in jobs.items()}
+    return {name: finish(process) for name, process in processes.items()}
+
+
+def run_binary(model_dir: Path, *flags: str) -> Finished:
+    """Run the binary with ``--model_dir=model_dir`` and ``flags``; output in ``<dir>.log``."""
+    command = binary_command(f"--model_dir={model_dir}", *flags)
+    return finish(start(command, model_dir.with_suffix(".log")))
+
+
+def assert_succeeded(finished: Finished) -> None:
+    assert finished.returncode == 0, (
+        f"run failed with exit code {finished.returncode}; end of {finished.log_path}:\n"
+        f"{finished.tail()}"
+    )
+
+
+def shared_runs(tmp_path_factory, runs: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    """model_dirs of the named runs (``{name: flags}``), shared by every test of the session.
+
+    A run already finished in this session (same name) is reused; the missing ones are started
+    together, so that their single-threaded phases (imports, tracing) overlap.
+    """
+    root = tmp_path_factory.getbasetemp() / "shared_runs"
+    dirs = {name: root / name for name in runs}
+    missing = {
+        name: (binary_command(f"--model_dir={dirs[name]}", *flags), dirs[name].with_suffix(".log"))
+        for name, flags in runs.items()
+        if not (dirs[name] / "result.json").exists()
+    }
+    for name in missing:
+        shutil.rmtree(dirs[name], ignore_errors=True)
+    for finished in run_all(missing).values():
+        assert_succeeded(finished)
+    return dirs
+
+
+def reference_run(tmp_path_factory) -> Path:
+    """The model_dir of the shared reference pretraining (:data:`REFERENCE_FLAGS`)."""
+    return shared_runs(tmp_path_factory, {"reference": REFERENCE_FLAGS})["reference"]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def checkpoint_steps(model_dir: Path) -> list[int]:
+    """Steps of the checkpoints in ``model_dir/ckpt`` (from their index files), sorted."""
+    names = (path.name for path in (model_dir / "ckpt").glob("ckpt-*.index"))
+    return sorted(int(name[len("ckpt-") : -len(".index")]) for name in names)
+
+
+def model_weights(prefix: Path | str) -> dict[str, np.ndarray]:
+    """Every model variable of a checkpoint (optimizer slots and counters left out)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(str(prefix))
+        if name.startswith("model/")
+    }
+
+
+def weight_differences(a: Path | str, b: Path | str) -> dict[str, float]:
+    """Max absolute difference per model variable of two checkpoints (same variables)."""
+    first, second = model_weights(a), model_weights(b)
+    assert first.keys() == second.keys(), sorted(first.keys() ^ second.keys())[:5]
+    assert len(first) > 50, f"only {len(first)} model variables in {a}"
+    return {
+        name: float(np.max(np.abs(first[name].astype(np.float64) - second[name])))
+        if first[name].size
+        else 0.0
+        for name in first
+    }
+
+
+@dataclasses.dataclass
+class Events:
+    """What a TensorBoard log directory holds: scalars ``{tag: [(step, value)]}`` and image
+    summaries ``{tag: [(step, width, height, number of images)]}``."""
+
+    scalars: dict[str, list[tuple[int, float]]]
+    images: dict[str, list[tuple[int, int, int, int]]]
+
+    def values(self, tag: str) -> list[float]:
+        return [value for _, value in self.scalars[tag]]
+
+    def steps(self, tag: str) -> list[int]:
+        return [step for step, _ in self.scalars[tag]]
+
+
+def read_events(directory: Path) -> Events:
+    """Read back every summary of ``directory`` with TensorBoard's own event reader."""
+    accumulator = event_accumulator.EventAccumulator(
+        str(directory),
+        size_guidance={event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0},
+    )
+    accumulator.Reload()
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    images: dict[str, list[tuple[int, int, int, int]]] = {}
+    for tag in accumulator.Tags()["tensors"]:
+        plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+        for event in accumulator.Tensors(tag):
+            value = tensor_util.make_ndarray(event.tensor_proto)
+            if plugin == "scalars":
+                scalars.setdefault(tag, []).append((event.step, float(value)))
+            elif plugin == "images":
+                width, height = int(value[0]), int(value[1])
+                images.setdefault(tag, []).append((event.step, width, height, len(value) - 2))
+    return Events(scalars, images)

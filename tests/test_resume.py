@@ -1,0 +1,63 @@
+"""Auto-resume: a run killed with SIGKILL after its first checkpoint, restarted with the same
+command, reaches the planned final step, and with ``--deterministic`` ends with exactly the
+weights of the uninterrupted run (the restarted input pipeline skips the batches consumed
+before the checkpoint, and the weights start from the same seed)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+from binary_runs import (
+    REFERENCE_FLAGS,
+    REFERENCE_STEPS,
+    assert_succeeded,
+    binary_command,
+    checkpoint_steps,
+    finish,
+    model_weights,
+    read_json,
+    reference_run,
+    run_binary,
+    start,
+)
+
+POLL_SECONDS = 0.01
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, tmp_path_factory):
+    reference = reference_run(tmp_path_factory)
+    model_dir = tmp_path / "run"
+    process = start(
+        binary_command(f"--model_dir={model_dir}", *REFERENCE_FLAGS), tmp_path / "a.log"
+    )
+    state_file = model_dir / "ckpt" / "checkpoint"  # written right after the first checkpoint
+    while not state_file.exists() and process.poll() is None:
+        time.sleep(POLL_SECONDS)
+    process.send_signal(signal.SIGKILL)
+    killed = finish(process)
+    assert killed.returncode == -signal.SIGKILL, (
+        f"the run ended by itself (exit code {killed.returncode}) before it could be killed:\n"
+        f"{killed.tail()}"
+    )
+    done_before_kill = checkpoint_steps(model_dir)
+    assert done_before_kill, "no checkpoint was written before the kill"
+    assert max(done_before_kill) < REFERENCE_STEPS, done_before_kill
+    assert not (model_dir / "result.json").exists()
+
+    restarted = run_binary(model_dir, *REFERENCE_FLAGS)
+    assert_succeeded(restarted)
+    assert f"resumed from {model_dir / 'ckpt' / f'ckpt-{max(done_before_kill)}'}" in (
+        restarted.output
+    )
+    assert max(checkpoint_steps(model_dir)) == REFERENCE_STEPS
+    assert read_json(model_dir / "result.json")["train_mode"] == "pretrain"
+
+    final = f"ckpt/ckpt-{REFERENCE_STEPS}"
+    resumed, uninterrupted = model_weights(model_dir / final), model_weights(reference / final)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=0, atol=1e-6, err_msg=name)
