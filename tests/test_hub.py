@@ -113,11 +113,11 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> TrainedRun:
+def trained(tmp_path_factory, two_replica_strategy) -> TrainedRun:
     """CONFIG trained a few steps under 2-replica MirroredStrategy, checkpointed and exported."""
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("hub")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replica_strategy
     with strategy.scope():
         model = SimCLRModel(CONFIG).build_for_size(SIZE)
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)

@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("module", help="path of the exported module (e.g. MODEL_DIR/hub/<step>)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
     args = parser.parse_args()
+    keras.utils.set_random_seed(args.seed)
 
     features = hub.KerasLayer(args.module, trainable=False, output_key="final_avg_pool")
     model = keras.Sequential(

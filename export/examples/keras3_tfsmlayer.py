@@ -22,7 +22,9 @@ def main() -> None:
     parser.add_argument("module", help="path of the exported module (e.g. MODEL_DIR/hub/<step>)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
     args = parser.parse_args()
+    keras.utils.set_random_seed(args.seed)
     if not keras.version().startswith("3."):
         raise SystemExit(f"this example needs Keras 3, found {keras.version()}")
 

@@ -107,7 +107,7 @@ def train(
     )
     with strategy.scope():
         metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
-    run_steps = _multi_step_function(strategy, optimizer, functions, metrics, settings.jit_compile)
+    run_steps = build_train_function(strategy, optimizer, functions, metrics, settings.jit_compile)
     iterator = iterator_factory(start_step)
     step = start_step
     scalars: dict[str, float] = {}
@@ -142,7 +142,7 @@ def train(
     return scalars
 
 
-def _multi_step_function(
+def build_train_function(
     strategy: tf.distribute.Strategy,
     optimizer: keras.optimizers.Optimizer,
     functions: StepFunctions,

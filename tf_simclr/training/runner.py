@@ -143,9 +143,10 @@ def _training_stream(
     Each input pipeline (one per worker) builds its worker's share of the global batch and
     splits it into consecutive per-replica batches, so the examples and their augmentations
     depend on the number of workers only, not on how many replicas each worker has: one device
-    and two mirrored replicas see the same data. A deterministic run resumed at ``start_step``
-    skips the batches already consumed, so it continues the uninterrupted run's stream; other
-    runs start a fresh stream seeded by ``start_step``.
+    and two mirrored replicas see the same data. ``start_step`` goes to the pipeline: a
+    deterministic run resumed there replays its stream and skips the batches already consumed
+    (before augmentation), so it continues the uninterrupted run's stream; other runs start a
+    fresh stream seeded by ``start_step``.
     """
     batch = config.train.train_batch_size
     replicas = strategy.num_replicas_in_sync
@@ -154,7 +155,6 @@ def _training_stream(
             f"train_batch_size={batch} does not divide over {replicas} replicas; use a "
             f"multiple of {replicas}."
         )
-    deterministic = config.data.deterministic
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         workers = context.num_input_pipelines
@@ -171,14 +171,12 @@ def _training_stream(
             augment=config.augment,
             training=True,
             seed=config.data.seed,
-            deterministic=deterministic,
+            deterministic=config.data.deterministic,
             cache=config.data.cache_dataset,
             shuffle_buffer=config.data.shuffle_buffer,
-            start_step=0 if deterministic else start_step,
+            start_step=start_step,
             input_context=worker_context,
         )
-        if deterministic and start_step:
-            dataset = dataset.skip(start_step)
         per_replica = context.get_per_replica_batch_size(batch)
         if per_replica != batch // workers:
             dataset = dataset.rebatch(per_replica, drop_remainder=True)
