@@ -23,7 +23,11 @@ PHASES = (
     ("pretrain", "pretrain.flags", ()),
     ("supervised_1pct", "supervised_1pct.flags", ()),
     ("finetune_1pct", "finetune_1pct.flags", ("--checkpoint={run}/pretrain",)),
-    ("distill_1pct", "distill.flags", ("--teacher={run}/finetune_1pct",)),
+    (
+        "distill_1pct",
+        "distill.flags",
+        ("--teacher={run}/finetune_1pct", "--checkpoint={run}/pretrain"),
+    ),
 )
 ROWS = (
     ("supervised only, 1% labels", "supervised_1pct"),
