@@ -147,9 +147,11 @@ def test_json_files_describe_each_phase(phases):
     finetune = read_json(dirs["finetune"] / "result.json")
     assert finetune["eval"]["num_examples"] == TEST_EXAMPLES
     assert math.isfinite(finetune["train"]["supervised_loss"])
-    # --mode=eval rewrote the student's result.json with the evaluation of its newest checkpoint.
+    # --mode=eval replaced the eval section of the student's result.json with the evaluation of
+    # its newest checkpoint and kept the train section.
     student = read_json(dirs["distill"] / "result.json")
-    assert set(student) == {"train_mode", "eval"}
+    assert set(student) == {"train_mode", "train", "eval"}
+    assert math.isfinite(student["train"]["distill_loss"])
     assert student["eval"]["global_step"] == DISTILL_STEPS
     assert student["eval"]["num_examples"] == TEST_EXAMPLES
 

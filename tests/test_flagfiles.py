@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import tensorflow as tf
 from absl import flags
 from binary_runs import REPO_ROOT
 
@@ -17,7 +18,8 @@ FLAGFILES = sorted(path.relative_to(REPO_ROOT) for path in REPO_ROOT.glob("flags
 def parse_flagfile(flagfile, tmp_path):
     """The RunConfig of ``--flagfile=...`` plus the flags its header says to pass."""
     source = (tmp_path / "previous_phase").resolve()
-    source.mkdir(exist_ok=True)
+    if not (source / "ckpt").exists():  # a finished phase: a model_dir with a checkpoint
+        tf.train.Checkpoint(step=tf.Variable(1)).save(str(source / "ckpt" / "ckpt"))
     values = flags.FlagValues()
     run.define_flags(values)
     argv = ["tf-simclr", f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'run'}"]

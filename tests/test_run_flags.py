@@ -39,12 +39,15 @@ def parse(tmp_path, *argv: str):
 
 
 def existing_dir(tmp_path) -> str:
+    """A model_dir holding one checkpoint in ckpt/, and an empty folder ``empty/`` inside it."""
     path = tmp_path / "some_model_dir"
-    path.mkdir(exist_ok=True)
+    if not (path / "ckpt").exists():
+        tf.train.Checkpoint(step=tf.Variable(1)).save(str(path / "ckpt" / "ckpt"))
+        (path / "empty").mkdir()
     return str(path)
 
 
-# (case, flags, text the message must contain). "{dir}" is an existing directory.
+# (case, flags, text the message must contain). "{dir}" is a model_dir with a checkpoint.
 BAD_FLAGS = [
     ("unknown dataset", ["--dataset=imagenet_foo"], "--dataset"),
     ("bad synthetic option", ["--dataset=synthetic:size=16,colour=3"], "colour"),
@@ -77,6 +80,11 @@ BAD_FLAGS = [
         "--checkpoint",
     ),
     ("nonexistent teacher", ["--train_mode=distill", "--teacher={dir}/nowhere"], "--teacher"),
+    (
+        "checkpoint folder without a checkpoint",
+        ["--train_mode=finetune", "--checkpoint={dir}/empty"],
+        "no checkpoint found",
+    ),
     (
         "jit with cross-replica batch norm on CPU",
         ["--jit_compile", "--strategy=mirrored", "--logical_cpu_devices=2"],

@@ -465,7 +465,11 @@ def run(config: RunConfig, strategy: tf.distribute.Strategy) -> dict:
     if train.mode == "eval":
         result["eval"] = follow_checkpoints(runner)
     if runner.chief:
-        _write_json(os.path.join(train.model_dir, "result.json"), result)
+        path = os.path.join(train.model_dir, "result.json")
+        if os.path.exists(path):  # e.g. mode=eval after training: keep the train section
+            with open(path, encoding="utf-8") as handle:
+                result = {**json.load(handle), **result}
+        _write_json(path, result)
     return result
 
 
