@@ -224,7 +224,12 @@ def build_distributed_dataset(
 ) -> tf.distribute.DistributedDataset:
     """:func:`build_dataset` per input pipeline through
     ``strategy.distribute_datasets_from_function``: each replica gets ``global_batch_size /
-    num_replicas`` examples per step (``global_batch_size`` must divide evenly)."""
+    num_replicas`` examples per step (``global_batch_size`` must divide evenly).
+
+    For training, each input pipeline (one per worker) builds its worker's share of the global
+    batch and splits it into consecutive per-replica batches, so the examples and their
+    augmentations depend on the number of workers only: one device and two mirrored replicas
+    see the same data."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(
@@ -233,7 +238,15 @@ def build_distributed_dataset(
         )
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return build_dataset(
+        context = input_context
+        if training:
+            workers = input_context.num_input_pipelines
+            context = tf.distribute.InputContext(
+                num_input_pipelines=workers,
+                input_pipeline_id=input_context.input_pipeline_id,
+                num_replicas_in_sync=workers,
+            )
+        stream = build_dataset(
             dataset,
             num_examples,
             phase=phase,
@@ -245,7 +258,11 @@ def build_distributed_dataset(
             cache=cache,
             shuffle_buffer=shuffle_buffer,
             start_step=start_step,
-            input_context=input_context,
+            input_context=context,
         )
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        if training and per_replica != global_batch_size // input_context.num_input_pipelines:
+            stream = stream.rebatch(per_replica, drop_remainder=True)
+        return stream
 
     return strategy.distribute_datasets_from_function(dataset_fn)

@@ -130,61 +130,6 @@ def _write_json(path: str, payload: dict) -> None:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
 
 
-def _training_stream(
-    strategy: tf.distribute.Strategy,
-    source: tf.data.Dataset,
-    num_examples: int,
-    phase: str,
-    config: RunConfig,
-    start_step: int,
-) -> tf.distribute.DistributedDataset:
-    """The distributed training batches from ``start_step`` on.
-
-    Each input pipeline (one per worker) builds its worker's share of the global batch and
-    splits it into consecutive per-replica batches, so the examples and their augmentations
-    depend on the number of workers only, not on how many replicas each worker has: one device
-    and two mirrored replicas see the same data. ``start_step`` goes to the pipeline: a
-    deterministic run resumed there replays its stream and skips the batches already consumed
-    (before augmentation), so it continues the uninterrupted run's stream; other runs start a
-    fresh stream seeded by ``start_step``.
-    """
-    batch = config.train.train_batch_size
-    replicas = strategy.num_replicas_in_sync
-    if batch % replicas:
-        raise ValueError(
-            f"train_batch_size={batch} does not divide over {replicas} replicas; use a "
-            f"multiple of {replicas}."
-        )
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        workers = context.num_input_pipelines
-        worker_context = tf.distribute.InputContext(
-            num_input_pipelines=workers,
-            input_pipeline_id=context.input_pipeline_id,
-            num_replicas_in_sync=workers,
-        )
-        dataset = build_dataset(
-            source,
-            num_examples,
-            phase=phase,
-            global_batch_size=batch,
-            augment=config.augment,
-            training=True,
-            seed=config.data.seed,
-            deterministic=config.data.deterministic,
-            cache=config.data.cache_dataset,
-            shuffle_buffer=config.data.shuffle_buffer,
-            start_step=start_step,
-            input_context=worker_context,
-        )
-        per_replica = context.get_per_replica_batch_size(batch)
-        if per_replica != batch // workers:
-            dataset = dataset.rebatch(per_replica, drop_remainder=True)
-        return dataset
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
 class PhaseRunner:
     """Builds and runs one phase under ``strategy``; see :func:`run`."""
 
@@ -273,7 +218,21 @@ class PhaseRunner:
         phase = train.train_mode
 
         def iterator_factory(start_step: int):
-            return iter(_training_stream(strategy, source, num_examples, phase, config, start_step))
+            dataset = build_distributed_dataset(
+                strategy,
+                source,
+                num_examples,
+                phase=phase,
+                global_batch_size=batch,
+                augment=config.augment,
+                training=True,
+                seed=config.data.seed,
+                deterministic=config.data.deterministic,
+                cache=config.data.cache_dataset,
+                shuffle_buffer=config.data.shuffle_buffer,
+                start_step=start_step,
+            )
+            return iter(dataset)
 
         if phase == "pretrain" and self.chief:
             self._write_view_pairs(source, num_examples)
