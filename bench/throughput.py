@@ -8,6 +8,8 @@ fed either by the real input pipeline (``pipeline``) or by one pre-augmented bat
 
     .venv/bin/python bench/throughput.py --configs=r18_32 --batch=256
     .venv/bin/python bench/throughput.py            # every configuration of BENCHMARKS.md
+    .venv/bin/python bench/throughput.py --configs=r50_32 --batch=128 --precisions=bfloat16 \
+        --replica_counts=1 --modes=model_only --profile   # + TF profiler op breakdown
 
 Model FLOPs are counted by TensorFlow's profiler on the traced forward pass of one view batch
 (multiply-adds count as 2 FLOPs); a training step is counted as 3x the forward pass, the usual
@@ -17,18 +19,22 @@ estimate (forward + two backward matmuls per layer).
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
-CONFIGS = {
-    "r18_32": {"resnet_depth": 18, "image_size": 32, "cifar_stem": True},
-    "r50_32": {"resnet_depth": 50, "image_size": 32, "cifar_stem": True},
-    "r50_224": {"resnet_depth": 50, "image_size": 224, "cifar_stem": False},
-}
+
+def config_spec(name: str) -> dict:
+    """``r<depth>_<image size>``, e.g. ``r50_224``; the CIFAR stem up to 64 px, ImageNet's above."""
+    depth, size = name.removeprefix("r").split("_")
+    return {"resnet_depth": int(depth), "image_size": int(size), "cifar_stem": int(size) <= 64}
 
 
 def matmul_peak(dtype: str, size: int = 4096, repeats: int = 10) -> float:
@@ -84,13 +90,15 @@ def run_one(args: argparse.Namespace) -> dict:
     from tf_simclr.training.strategy import configure_logical_cpus
 
     configure_logical_cpus(args.replicas)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     from tf_simclr.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
     from tf_simclr.data import build_distributed_dataset, load_source
     from tf_simclr.models import SimCLRModel
     from tf_simclr.objectives import WarmUpAndCosineDecay, build_optimizer
     from tf_simclr.training import loop, phases
 
-    spec = CONFIGS[args.config]
+    spec = config_spec(args.config)
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[args.precision]
     if args.replicas > 1:
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
@@ -146,8 +154,8 @@ def run_one(args: argparse.Namespace) -> dict:
     run_steps(iterator, tf.constant(args.warmup, tf.int32))
     start = time.perf_counter()
     run_steps(iterator, tf.constant(args.steps, tf.int32))
-    losses = {name: float(metric.result()) for name, metric in metrics.items()}
     seconds = time.perf_counter() - start
+    losses = {name: float(metric.result()) for name, metric in metrics.items()}
     images_per_second = args.steps * args.batch / seconds
     per_view = forward_flops(model, 1, image_size)
     step_flops = 3 * per_view * 2 * images_per_second  # two views per source image
@@ -157,6 +165,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "replicas": args.replicas,
         "batch": args.batch,
+        "inter_op_threads": args.inter_op_threads,
         "pipeline": args.pipeline,
         "images_per_second": images_per_second,
         "model_tflops_per_second": step_flops / 1e12,
@@ -164,11 +173,58 @@ def run_one(args: argparse.Namespace) -> dict:
         "contrast_loss": losses["contrast_loss"],
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    if args.profile:
+        logdir = tempfile.mkdtemp(prefix="tf_simclr_profile_")
+        tf.profiler.experimental.start(logdir)
+        run_steps(iterator, tf.constant(2, tf.int32))
+        tf.profiler.experimental.stop()
+        result["op_breakdown"] = op_breakdown(logdir)
     if args.peak:
         peak = matmul_peak("bfloat16" if args.precision == "bfloat16" else "float32")
         result["matmul_peak_tflops"] = peak / 1e12
         result["fraction_of_peak"] = step_flops / peak
     return result
+
+
+# Ops whose events enclose other ops' events (the multi-step loop, function calls).
+CONTAINER_OPS = {"While", "StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf"}
+
+
+def op_breakdown(logdir: str, top: int = 15) -> list[list]:
+    """Share of the summed self time of TensorFlow ops per op type, from the profiler's XPlane
+    trace of the host. Op events are named ``op_name:OpType``; runtime events (``Executor...``,
+    ``EagerExecute``) are ignored, and an op event nested in another on the same thread is
+    subtracted from the enclosing one."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    op_event = re.compile(r"^[^:\s]+:(\w+)$")
+    totals: collections.Counter = collections.Counter()
+    for path in glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as handle:
+            space.ParseFromString(handle.read())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:CPU"):
+                continue
+            for line in plane.lines:
+                stack: list[list] = []  # [end, op type, self time] of the enclosing op events
+                for event in sorted(line.events, key=lambda e: (e.offset_ps, -e.duration_ps)):
+                    match = op_event.match(plane.event_metadata[event.metadata_id].name)
+                    if match is None:
+                        continue
+                    while stack and stack[-1][0] <= event.offset_ps:
+                        _, op_type, self_time = stack.pop()
+                        totals[op_type] += self_time
+                    if stack:
+                        stack[-1][2] -= event.duration_ps
+                    end = event.offset_ps + event.duration_ps
+                    stack.append([end, match.group(1), event.duration_ps])
+                for _, op_type, self_time in stack:
+                    totals[op_type] += self_time
+    for op_type in CONTAINER_OPS:
+        totals.pop(op_type, None)
+    total = sum(totals.values()) or 1
+    return [[op_type, round(time / total, 4)] for op_type, time in totals.most_common(top)]
 
 
 def _repeat(batch):
@@ -181,12 +237,14 @@ def main() -> None:
     parser.add_argument("--configs", default="r18_32,r50_32,r50_224")
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--replica_counts", default="1,2")
-    parser.add_argument("--batch", type=int, default=0, help="0: 256 at 32 px, 16 at 224 px")
+    parser.add_argument("--batch", type=int, default=0, help="0: 256 up to 64 px, else 16")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--modes", default="pipeline,model_only")
     parser.add_argument("--output", default="")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TF's default")
+    parser.add_argument("--profile", action="store_true", help="Add a TF profiler op breakdown.")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -195,7 +253,7 @@ def main() -> None:
         return
     results = []
     for config in args.configs.split(","):
-        batch = args.batch or (16 if CONFIGS[config]["image_size"] > 64 else 256)
+        batch = args.batch or (16 if config_spec(config)["image_size"] > 64 else 256)
         for precision in args.precisions.split(","):
             for replicas in (int(r) for r in args.replica_counts.split(",")):
                 for mode in args.modes.split(","):
@@ -209,6 +267,8 @@ def main() -> None:
                         warmup=args.warmup,
                         pipeline=mode == "pipeline",
                         peak=mode == "model_only",
+                        profile=args.profile,
+                        inter_op_threads=args.inter_op_threads,
                     )
                     output = subprocess.run(
                         [sys.executable, __file__, "--child", json.dumps(child)],
