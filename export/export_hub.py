@@ -14,66 +14,24 @@ checkpoint), keeping the ``--keep_hub_module_max`` newest modules, as at the end
 
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tf_simclr.config import ModelConfig
+from tf_simclr.checkpoints import CONFIG_FILENAME, MODEL_KEY, find_checkpoint, read_model_config
 from tf_simclr.hub import (
     DEFAULT_WEIGHT_DECAY,
     export_to_model_dir,
-    model_config_from_dict,
     model_parts,
     save_hub_module,
     variable_paths,
 )
 from tf_simclr.models.simclr import SimCLRModel
 
-CKPT_SUBDIR = "ckpt"
-CONFIG_FILENAME = "config.json"
-MODEL_KEY = "model"
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 MAX_LISTED = 5
-
-
-def find_checkpoint(path: str) -> tuple[str, str]:
-    """``(checkpoint prefix, model_dir)`` for a model_dir, its ``ckpt/`` dir or a prefix."""
-    if tf.io.gfile.isdir(path):
-        if tf.io.gfile.isdir(os.path.join(path, CKPT_SUBDIR)):
-            ckpt_dir, model_dir = os.path.join(path, CKPT_SUBDIR), path
-        else:
-            ckpt_dir, model_dir = path, os.path.dirname(os.path.normpath(path))
-        prefix = tf.train.latest_checkpoint(ckpt_dir)
-        if prefix is None:
-            raise FileNotFoundError(
-                f"no checkpoint in {ckpt_dir} (no 'checkpoint' file of tf.train.CheckpointManager);"
-                " pass a model_dir that has been trained, its ckpt/ directory or a checkpoint "
-                "prefix such as MODEL_DIR/ckpt/ckpt-500."
-            )
-        return prefix, model_dir
-    if tf.io.gfile.exists(path + ".index"):
-        return path, os.path.dirname(os.path.dirname(os.path.normpath(path)))
-    raise FileNotFoundError(
-        f"{path} is neither a model_dir, a checkpoint directory nor a checkpoint prefix "
-        f"(there is no {path}.index)."
-    )
-
-
-def load_model_config(config_path: str) -> ModelConfig:
-    """The ``ModelConfig`` stored under key ``"model"`` of a model_dir's ``config.json``."""
-    if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(
-            f"no model configuration at {config_path}; pass --config=PATH/config.json (the "
-            "config.json of the run that wrote the checkpoint)."
-        )
-    with tf.io.gfile.GFile(config_path) as handle:
-        values = json.load(handle)
-    if MODEL_KEY not in values:
-        raise ValueError(f"{config_path} has no {MODEL_KEY!r} key holding the ModelConfig.")
-    return model_config_from_dict(values[MODEL_KEY], config_path)
 
 
 def checkpoint_mismatches(model: SimCLRModel, prefix: str) -> list[str]:
@@ -145,7 +103,7 @@ def export_checkpoint(
     """Export the training checkpoint ``checkpoint`` as a TF-Hub module; returns its path."""
     prefix, model_dir = find_checkpoint(checkpoint)
     config_path = config_path or os.path.join(model_dir, CONFIG_FILENAME)
-    model = SimCLRModel(load_model_config(config_path)).build_for_size()
+    model = SimCLRModel(read_model_config(config_path)).build_for_size()
     step = restore_training_checkpoint(model, prefix, config_path)
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
     if export_dir:

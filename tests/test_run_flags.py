@@ -83,7 +83,7 @@ BAD_FLAGS = [
     (
         "checkpoint folder without a checkpoint",
         ["--train_mode=finetune", "--checkpoint={dir}/empty"],
-        "no checkpoint found",
+        "no checkpoint in",
     ),
     (
         "jit with cross-replica batch norm on CPU",

@@ -166,15 +166,15 @@ def _check_combinations(config, values: dict) -> None:
             f"--teacher is only used by --train_mode=distill (got --train_mode="
             f"{config.train.train_mode}); drop it, or use --checkpoint to start from weights."
         )
-    from tf_simclr.training.runner import is_hub_module, resolve_checkpoint
+    from tf_simclr import checkpoints
 
     for name in ("checkpoint", "teacher"):
         path = values[name]
         if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
             raise ValueError(f"--{name}={path!r} does not exist.")
-        if path and not is_hub_module(path):
+        if path and not checkpoints.is_hub_module(path):
             try:
-                resolve_checkpoint(path)
+                checkpoints.find_checkpoint(path)
             except FileNotFoundError as error:
                 raise ValueError(f"--{name}: {error}") from error
     if values["strategy"] != "tpu" and values["tpu"]:

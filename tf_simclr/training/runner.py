@@ -16,7 +16,7 @@ import os
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr import hub
+from tf_simclr import checkpoints, hub
 from tf_simclr.config import (
     AugmentConfig,
     DataConfig,
@@ -57,45 +57,9 @@ class RunConfig:
         }
 
 
-def is_hub_module(path: str) -> bool:
-    """True for an exported TF-Hub module (a SavedModel directory)."""
-    return os.path.isfile(os.path.join(path, "saved_model.pb"))
-
-
-def load_model_config(source: str) -> ModelConfig:
-    """The ModelConfig saved with a model_dir, a checkpoint inside one, or a hub module."""
-    if is_hub_module(source):
-        return hub.load_config_from_hub(source)
-    model_dir = source if os.path.isdir(source) else os.path.dirname(os.path.dirname(source))
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{source!r} is neither a hub module nor a model_dir with config.json (looked for "
-            f"{path}); pass the model_dir of a finished phase, a checkpoint inside its ckpt/ "
-            "folder, or an exported hub/<step> module."
-        )
-    with open(path, encoding="utf-8") as handle:
-        return ModelConfig(**json.load(handle)["model"])
-
-
-def resolve_checkpoint(source: str) -> str:
-    """A checkpoint prefix for ``source`` (a model_dir, its ckpt/ folder, or a prefix)."""
-    for directory in (os.path.join(source, "ckpt"), source):
-        if os.path.isdir(directory):
-            latest = tf.train.latest_checkpoint(directory)
-            if latest:
-                return latest
-    if tf.io.gfile.exists(source + ".index"):
-        return source
-    raise FileNotFoundError(
-        f"no checkpoint found at {source!r}: pass a model_dir containing ckpt/, a ckpt/ "
-        "folder, a checkpoint prefix (ckpt-1000) or a hub module."
-    )
-
-
 def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bool) -> None:
     """Load encoder and projection head (and optionally the supervised head) from ``source``."""
-    if is_hub_module(source):
+    if checkpoints.is_hub_module(source):
         parts = ["encoder", "projection_head"]
         if include_supervised_head:
             parts.append("supervised_head")
@@ -106,14 +70,16 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     parts = {"encoder": model.encoder, "projection_head": model.projection_head}
     if include_supervised_head and model.supervised_head is not None:
         parts["supervised_head"] = model.supervised_head
-    mismatches = hub.architecture_mismatches(load_model_config(source), model.config, parts)
+    mismatches = hub.architecture_mismatches(
+        checkpoints.load_model_config(source), model.config, parts
+    )
     if mismatches:
         raise ValueError(
             f"{source!r} holds a different architecture (saved vs requested): "
             f"{'; '.join(mismatches)}; pass the same architecture flags as its run."
         )
     status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(
-        resolve_checkpoint(source)
+        checkpoints.find_checkpoint(source)[0]
     )
     status.expect_partial().assert_existing_objects_matched()
 
@@ -283,7 +249,7 @@ class PhaseRunner:
 
     def _load_teacher(self) -> SimCLRModel:
         source = self.config.train.teacher
-        teacher_config = load_model_config(source)
+        teacher_config = checkpoints.load_model_config(source)
         if teacher_config.num_classes != self.num_classes:
             raise ValueError(
                 f"teacher {source!r} predicts {teacher_config.num_classes} classes but the "
@@ -402,7 +368,7 @@ class PhaseRunner:
 
     def _restore_for_eval(self, checkpoint: str | None = None) -> SimCLRModel:
         model = _build_model(self.model_config, self.strategy, self.config.augment.image_size)
-        path = checkpoint or resolve_checkpoint(self.config.train.model_dir)
+        path = checkpoint or checkpoints.find_checkpoint(self.config.train.model_dir)[0]
         tf.train.Checkpoint(model=model).restore(path).expect_partial()
         return model
 
