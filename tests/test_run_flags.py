@@ -74,6 +74,7 @@ BAD_FLAGS = [
         "label_fraction",
     ),
     ("label fraction above 1", ["--train_mode=finetune", "--label_fraction=10"], "label_fraction"),
+    ("crop area above 1", ["--crop_area_min=1.5"], "crop_area"),
     (
         "nonexistent checkpoint",
         ["--train_mode=finetune", "--checkpoint={dir}/nowhere/ckpt-100"],
@@ -114,6 +115,7 @@ def test_good_flags_parse_into_the_configs(tmp_path):
         "--ft_proj_selector=-1",
         "--precision=bfloat16",
         "--noaugment_jit_compile",
+        "--crop_area_min=0.2",
         *SMALL_MODEL,
     )
     assert config.train.train_mode == "finetune"
@@ -124,6 +126,7 @@ def test_good_flags_parse_into_the_configs(tmp_path):
     assert config.model.resnet_depth == 18 and config.model.cifar_stem
     assert config.augment.image_size == 16 and config.augment.use_blur is False
     assert config.augment.augment_jit_compile is False
+    assert config.augment.crop_area_range == (0.2, 1.0)
 
 
 # Through the binary: exit code 2, the flag named on stderr, nothing written. All cases start

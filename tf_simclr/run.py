@@ -107,6 +107,7 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
         ["simclrv2", "simclrv1"],
         "Brightness multiplicative (v2) or additive (v1).",
     )
+    define_float("crop_area_min", 0.08, "Smallest area of a pretraining crop (of the image).")
     define_bool("use_blur", None, "Gaussian blur (default: on above CIFAR sizes).")
     define_bool("augment_jit_compile", True, "XLA-compile the batched augmentations.")
     # Objectives and optimizer.
@@ -150,7 +151,9 @@ def configs_from_flags(values: dict):
         train=train,
         optim=_fields_from_flags(OptimConfig, values),
         loss=_fields_from_flags(LossConfig, values),
-        augment=_fields_from_flags(AugmentConfig, values),
+        augment=_fields_from_flags(
+            AugmentConfig, values, crop_area_range=(values["crop_area_min"], 1.0)
+        ),
         data=_fields_from_flags(DataConfig, values),
     )
     _check_combinations(config, values)
