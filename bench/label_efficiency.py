@@ -299,7 +299,7 @@ def plot(summary: dict, path: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    figure, axes = pyplot.subplots(figsize=(10, 4.5))
     for method, label in METHODS.items():
         points = [(f, summary[(method, f)]) for f in FRACTIONS if (method, f) in summary]
         if not points:
@@ -318,7 +318,7 @@ def plot(summary: dict, path: str) -> None:
     axes.set_ylabel("top-1 accuracy (10,000 test images)")
     axes.set_title("Fashion-MNIST, ResNet-18 width 0.25: label efficiency")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
