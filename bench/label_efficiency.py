@@ -11,7 +11,7 @@ same network (the recipes' ResNet-18 at width 0.25 with the CIFAR stem) and eval
 - linear evaluation of the frozen pretrained encoder on 1%, 10% and 100%;
 - self-distillation (same architecture, initialised from the pretrained encoder) and distillation
   into a smaller student (width 0.125, about a quarter of the parameters, from scratch) of the
-  seed-0 fine-tuned teachers on the unlabeled training images (Section 2, eq. 2).
+  seed-0 fine-tuned teachers on the unlabeled training images (Section 2, eq. 3).
 
 Supervised and fine-tuning rows run with several seeds; the seed picks the class-balanced label
 subset, the initialisation and the data order, and fine-tuning and supervised runs with the same
@@ -21,7 +21,7 @@ The study is resumable: a finished run leaves ``study.json`` in its folder and i
 time; an interrupted run resumes from its own checkpoints. At the end it writes the results, a
 Markdown table and a PNG plot (accuracy against label fraction, one line per method).
 
-    .venv/bin/python bench/label_efficiency.py                    # the full study (~1.5 h here)
+    .venv/bin/python bench/label_efficiency.py                    # the full study (~1.5-2 h here)
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
 """
 
