@@ -327,9 +327,9 @@ def plot(summary: dict, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", default=os.path.join(REPO_ROOT, "study_run"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pretrain_epochs", type=float, default=5)
-    parser.add_argument("--distill_epochs", type=float, default=3)
+    parser.add_argument("--seeds", default=",".join(map(str, StudySettings.seeds)))
+    parser.add_argument("--pretrain_epochs", type=float, default=StudySettings.pretrain_epochs)
+    parser.add_argument("--distill_epochs", type=float, default=StudySettings.distill_epochs)
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
     parser.add_argument("--table", default="", help="Markdown output (default: in run_dir).")
     parser.add_argument("--plot", default="", help="PNG output (default: in run_dir).")

@@ -173,8 +173,6 @@ def _check_combinations(config, values: dict) -> None:
 
     for name in ("checkpoint", "teacher"):
         path = values[name]
-        if path and not os.path.exists(path) and not os.path.exists(path + ".index"):
-            raise ValueError(f"--{name}={path!r} does not exist.")
         if path and not checkpoints.is_hub_module(path):
             try:
                 checkpoints.find_checkpoint(path)

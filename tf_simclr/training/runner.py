@@ -70,17 +70,15 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     parts = {"encoder": model.encoder, "projection_head": model.projection_head}
     if include_supervised_head and model.supervised_head is not None:
         parts["supervised_head"] = model.supervised_head
-    mismatches = hub.architecture_mismatches(
-        checkpoints.load_model_config(source), model.config, parts
-    )
+    prefix, model_dir = checkpoints.find_checkpoint(source)
+    saved = checkpoints.read_model_config(os.path.join(model_dir, checkpoints.CONFIG_FILENAME))
+    mismatches = hub.architecture_mismatches(saved, model.config, parts)
     if mismatches:
         raise ValueError(
             f"{source!r} holds a different architecture (saved vs requested): "
             f"{'; '.join(mismatches)}; pass the same architecture flags as its run."
         )
-    status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(
-        checkpoints.find_checkpoint(source)[0]
-    )
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(prefix)
     status.expect_partial().assert_existing_objects_matched()
 
 
