@@ -1,0 +1,124 @@
+"""Pretraining recipe grid for small grayscale images (Fashion-MNIST, 28 px).
+
+Short SimCLRv2 pretraining runs of the same length and seed, each changing one setting of
+``flags/fashion_mnist/pretrain.flags`` (SimCLR sections 3-5 and appendix B.9 name the settings
+that matter: crop scale, colour strength, temperature, learning rate and its scaling, optimizer,
+batch size, width), scored by the weighted kNN monitor (bank: 10,000 training images, queries:
+the 10,000 test images, k = 200, t = 0.1) after every epoch.
+
+Each finished run writes ``<record_dir>/<name>.json`` (settings, kNN by epoch, images/s, wall
+time); a recorded run is skipped, so the grid spans sessions once its records are committed.
+Hue and saturation are exact no-ops on gray images, so "brightness and contrast only" is the
+paper's colour distortion here; the grid varies its strength instead.
+
+    .venv/bin/python bench/recipe_grid.py                       # every setting (~15 min each)
+    .venv/bin/python bench/recipe_grid.py --only=base,crop_0.2  # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "recipe_grid")
+EPOCHS = 10
+# One setting changed at a time from the recipe (batch 256, LARS, base lr 1.0 linear scaling,
+# temperature 0.2, colour strength 0.5, crops down to 8%, ResNet-18 width 0.25).
+GRID: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "crop_0.2": ("--crop_area_min=0.2",),
+    "crop_0.35": ("--crop_area_min=0.35",),
+    "color_0": ("--color_jitter_strength=0",),
+    "color_1.0": ("--color_jitter_strength=1.0",),
+    "temperature_0.1": ("--temperature=0.1",),
+    "temperature_0.5": ("--temperature=0.5",),
+    "lars_lr_0.3_linear": ("--learning_rate=0.3",),
+    "lars_lr_2.0_linear": ("--learning_rate=2.0",),
+    "lars_lr_0.075_sqrt": ("--learning_rate=0.075", "--learning_rate_scaling=sqrt"),
+    "sgd_lr_0.1_wd_5e-4": ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4"),
+    "batch_512": ("--train_batch_size=512",),
+    "width_0.5": ("--width_multiplier=0.5",),
+}
+_PROGRESS = re.compile(
+    r"step (\d+)/\d+ epoch ([\d.]+) .*?eval/knn_top_1_accuracy=([\d.]+).*images/s=([\d.]+)"
+)
+
+
+def knn_curve(log_text: str) -> list[dict]:
+    """``[{"epoch", "step", "knn_top_1"}]`` from the progress lines that carry a kNN score."""
+    curve = []
+    for match in _PROGRESS.finditer(log_text):
+        step, epoch, knn, _ = match.groups()
+        curve.append({"epoch": float(epoch), "step": int(step), "knn_top_1": float(knn)})
+    return curve
+
+
+def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str) -> dict:
+    """Pretrain with ``extra`` flags unless ``<record_dir>/<name>.json`` exists; the record."""
+    record_path = os.path.join(record_dir, f"{name}.json")
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    model_dir = os.path.join(run_dir, name)
+    flags = (
+        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        f"--train_epochs={EPOCHS}",
+        "--checkpoint_epochs=1",
+        "--mode=train",
+        "--keep_hub_module_max=0",
+        *extra,
+        f"--model_dir={model_dir}",
+    )
+    print(f"=== {name}: {shlex.join(flags)}", flush=True)
+    os.makedirs(model_dir, exist_ok=True)
+    log_path = os.path.join(model_dir, "grid.log")
+    started = time.time()
+    with open(log_path, "a", encoding="utf-8") as log:
+        subprocess.run(
+            [sys.executable, "-m", "tf_simclr.run", *flags],
+            cwd=REPO_ROOT,
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    with open(log_path, encoding="utf-8") as handle:
+        log_text = handle.read()
+    curve = knn_curve(log_text)
+    speeds = [float(m.group(4)) for m in _PROGRESS.finditer(log_text)]
+    record = {
+        "name": name,
+        "flags": list(extra),
+        "epochs": EPOCHS,
+        "knn_by_epoch": curve,
+        "final_knn_top_1": curve[-1]["knn_top_1"] if curve else None,
+        "seconds": time.time() - started,
+        "images_per_second_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
+        "command": shlex.join(flags),
+    }
+    os.makedirs(record_dir, exist_ok=True)
+    with open(record_path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    print(f"    kNN {record['final_knn_top_1']} in {record['seconds']:.0f} s", flush=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run_dir", default=os.path.join(REPO_ROOT, "grid_run"))
+    parser.add_argument("--record_dir", default=RECORD_DIR)
+    parser.add_argument("--only", default="", help="Comma-separated setting names.")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(GRID)
+    for name in names:
+        run_setting(name, GRID[name], os.path.abspath(args.run_dir), args.record_dir)
+
+
+if __name__ == "__main__":
+    main()
