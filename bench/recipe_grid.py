@@ -3,7 +3,7 @@
 Short SimCLRv2 pretraining runs of the same length and seed, each changing one setting of
 ``flags/fashion_mnist/pretrain.flags`` (SimCLR sections 3-5 and appendix B.9 name the settings
 that matter: crop scale, colour strength, temperature, learning rate and its scaling, optimizer,
-batch size, width), scored by the weighted kNN monitor (bank: 10,000 training images, queries:
+batch size, width, SimCLRv2's memory of negatives), scored by the weighted kNN monitor (bank: 10,000 training images, queries:
 the 10,000 test images, k = 200, t = 0.1) after every epoch.
 
 Each finished run writes ``<record_dir>/<name>.json`` (settings, kNN by epoch, images/s, wall
@@ -45,6 +45,8 @@ GRID: dict[str, tuple[str, ...]] = {
     "sgd_lr_0.1_wd_5e-4": ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4"),
     "batch_512": ("--train_batch_size=512",),
     "width_0.5": ("--width_multiplier=0.5",),
+    "memory_16384_m0.99": ("--memory_size=16384", "--memory_momentum=0.99"),
+    "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
 }
 _PROGRESS = re.compile(
     r"step (\d+)/\d+ epoch ([\d.]+) .*?eval/knn_top_1_accuracy=([\d.]+).*images/s=([\d.]+)"

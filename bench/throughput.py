@@ -10,6 +10,8 @@ fed either by the real input pipeline (``pipeline``) or by one pre-augmented bat
     .venv/bin/python bench/throughput.py            # every configuration of BENCHMARKS.md
     .venv/bin/python bench/throughput.py --configs=r50_32 --batch=128 --precisions=bfloat16 \
         --replica_counts=1 --modes=model_only --profile   # + TF profiler op breakdown
+    .venv/bin/python bench/throughput.py --configs=r18_28 --width=0.25 --precisions=bfloat16 \
+        --replica_counts=1 --modes=pipeline --memory_sizes=0,16384  # memory of negatives off/on
 
 Model FLOPs are counted by TensorFlow's profiler on the traced forward pass of one view batch
 (multiply-adds count as 2 FLOPs); a training step is counted as 3x the forward pass, the usual
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import itertools
 import json
 import os
 import re
@@ -92,11 +95,12 @@ def run_one(args: argparse.Namespace) -> dict:
     configure_logical_cpus(args.replicas)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    from tf_simclr.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
+    from tf_simclr.config import AugmentConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig
     from tf_simclr.data import build_distributed_dataset, load_source
     from tf_simclr.models import SimCLRModel
     from tf_simclr.objectives import WarmUpAndCosineDecay, build_optimizer
     from tf_simclr.training import loop, phases
+    from tf_simclr.training.memory import NegativeMemory
 
     spec = config_spec(args.config)
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[args.precision]
@@ -119,21 +123,27 @@ def run_one(args: argparse.Namespace) -> dict:
         schedule = WarmUpAndCosineDecay(0.3, 10, 10_000)
         optimizer = build_optimizer(OptimConfig(), schedule, model.excluded_variables())
         optimizer.build(model.trainable_variables)
-    compute = phases.pretrain_compute(model, strategy, LossConfig(), OptimConfig(), True)
+        memory = None
+        if args.memory_size:
+            memory = NegativeMemory(
+                model,
+                MemoryConfig(memory_size=args.memory_size),
+                global_batch_size=args.batch,
+                image_size=image_size,
+            )
+    compute = phases.pretrain_compute(model, strategy, LossConfig(), OptimConfig(), True, memory)
+    names = ["total_loss", "weight_decay", "contrast_loss", "contrast_acc", "contrast_entropy"]
+    names += ["supervised_loss", "supervised_acc"]
+    if memory is not None:
+        names += ["memory_contrast_acc", "memory_fill"]
     functions = loop.StepFunctions(
         compute=compute,
         variables=lambda: model.trainable_variables,
-        metric_names=(
-            "total_loss",
-            "weight_decay",
-            "contrast_loss",
-            "contrast_acc",
-            "contrast_entropy",
-            "supervised_loss",
-            "supervised_acc",
-        ),
+        metric_names=tuple(names),
         learning_rate=schedule,
     )
+    if memory is not None:
+        functions.after_step = lambda batch: memory.after_step(strategy, model, batch)
     with strategy.scope():
         metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
     run_steps = loop.build_train_function(strategy, optimizer, functions, metrics, False)
@@ -165,6 +175,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "replicas": args.replicas,
         "batch": args.batch,
+        "memory_size": args.memory_size,
         "inter_op_threads": args.inter_op_threads,
         "pipeline": args.pipeline,
         "images_per_second": images_per_second,
@@ -245,6 +256,7 @@ def main() -> None:
     parser.add_argument("--output", default="")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TF's default")
     parser.add_argument("--profile", action="store_true", help="Add a TF profiler op breakdown.")
+    parser.add_argument("--memory_sizes", default="0", help="Memory of negatives; 0 = off.")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -256,8 +268,11 @@ def main() -> None:
         batch = args.batch or (16 if config_spec(config)["image_size"] > 64 else 256)
         for precision in args.precisions.split(","):
             for replicas in (int(r) for r in args.replica_counts.split(",")):
-                for mode in args.modes.split(","):
+                for mode, memory_size in itertools.product(
+                    args.modes.split(","), (int(m) for m in args.memory_sizes.split(","))
+                ):
                     child = dict(
+                        memory_size=memory_size,
                         config=config,
                         precision=precision,
                         replicas=replicas,

@@ -14,6 +14,7 @@ checkpoint), keeping the ``--keep_hub_module_max`` newest modules, as at the end
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import tensorflow as tf
@@ -34,12 +35,16 @@ VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 MAX_LISTED = 5
 
 
-def checkpoint_mismatches(model: SimCLRModel, prefix: str) -> list[str]:
-    """Every way the training checkpoint at ``prefix`` differs from the built ``model``."""
+MEMORY_NETWORK_KEY = "memory/network"
+
+
+def checkpoint_mismatches(model: SimCLRModel, prefix: str, root: str = MODEL_KEY) -> list[str]:
+    """Every way the model under ``root`` in the training checkpoint at ``prefix`` differs from
+    the built ``model``."""
     found = {
-        key[len(MODEL_KEY) + 1 : -len(VALUE_SUFFIX)].replace("/", "."): tuple(shape)
+        key[len(root) + 1 : -len(VALUE_SUFFIX)].replace("/", "."): tuple(shape)
         for key, shape in tf.train.list_variables(prefix)
-        if key.startswith(MODEL_KEY + "/") and key.endswith(VALUE_SUFFIX)
+        if key.startswith(root + "/") and key.endswith(VALUE_SUFFIX)
     }
     expected = {
         path: tuple(variable.shape)
@@ -70,19 +75,28 @@ def checkpoint_mismatches(model: SimCLRModel, prefix: str) -> list[str]:
     return problems
 
 
-def restore_training_checkpoint(model: SimCLRModel, prefix: str, config_path: str) -> int | None:
-    """Restore ``tf.train.Checkpoint(model=...)`` at ``prefix`` into ``model``; returns its step.
+def restore_training_checkpoint(
+    model: SimCLRModel, prefix: str, config_path: str, memory_network: bool = False
+) -> int | None:
+    """Restore ``tf.train.Checkpoint(model=...)`` at ``prefix`` into ``model`` (with
+    ``memory_network``, the checkpoint's memory network instead); returns its step.
 
     Raises ``ValueError`` listing the differing variables when the checkpoint holds another
     architecture than ``config_path`` describes.
     """
-    problems = checkpoint_mismatches(model, prefix)
+    root = MEMORY_NETWORK_KEY if memory_network else MODEL_KEY
+    problems = checkpoint_mismatches(model, prefix, root)
     if problems:
         raise ValueError(
             f"the checkpoint {prefix} does not match the architecture in {config_path}: "
-            f"{'; '.join(problems)}. Pass the config.json of the run that wrote the checkpoint."
+            f"{'; '.join(problems)}. Pass the config.json of the run that wrote the checkpoint"
+            + (" (and a pretraining run with --memory_size)." if memory_network else ".")
         )
-    status = tf.train.Checkpoint(model=model).restore(prefix)
+    if memory_network:
+        holder = tf.train.Checkpoint(memory=tf.train.Checkpoint(network=model))
+    else:
+        holder = tf.train.Checkpoint(model=model)
+    status = holder.restore(prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
     reader = tf.train.load_checkpoint(prefix)
@@ -99,12 +113,20 @@ def export_checkpoint(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     keep_hub_module_max: int = 1,
     overwrite: bool = False,
+    memory_network: bool = False,
 ) -> str:
-    """Export the training checkpoint ``checkpoint`` as a TF-Hub module; returns its path."""
+    """Export the training checkpoint ``checkpoint`` as a TF-Hub module; returns its path.
+
+    ``memory_network`` exports the moving-average memory network of a pretraining run with
+    SimCLRv2's memory of negatives instead of the online network.
+    """
     prefix, model_dir = find_checkpoint(checkpoint)
     config_path = config_path or os.path.join(model_dir, CONFIG_FILENAME)
-    model = SimCLRModel(read_model_config(config_path)).build_for_size()
-    step = restore_training_checkpoint(model, prefix, config_path)
+    config = read_model_config(config_path)
+    if memory_network:
+        config = dataclasses.replace(config, num_classes=0, global_bn=False)
+    model = SimCLRModel(config).build_for_size()
+    step = restore_training_checkpoint(model, prefix, config_path, memory_network)
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
     if export_dir:
         return save_hub_module(
@@ -156,6 +178,11 @@ def define_flags() -> None:
         "Modules kept in MODEL_DIR/hub/ when --export_dir is not given (<= 0 keeps all).",
     )
     flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --export_dir.")
+    flags.DEFINE_bool(
+        "memory_network",
+        False,
+        "Export the moving-average memory network of a --memory_size pretraining run.",
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -171,6 +198,7 @@ def main(argv: list[str]) -> None:
         weight_decay=values.weight_decay,
         keep_hub_module_max=values.keep_hub_module_max,
         overwrite=values.overwrite,
+        memory_network=values.memory_network,
     )
     print(path)
 

@@ -67,6 +67,9 @@ def test_flagfile_parses_into_a_valid_config(flagfile, tmp_path, monkeypatch):
         assert config.data.dataset == "fashion_mnist"
     if "Needs imagenet2012" in text:
         assert config.data.dataset == "tfds:imagenet2012"
+        if expected_mode == "pretrain":  # SimCLRv2 section 2: MoCo's memory, 64K, 0.999
+            assert config.memory.memory_size == 65536
+            assert config.memory.memory_momentum == 0.999
 
 
 def test_later_flags_override_the_flagfile(tmp_path, monkeypatch):

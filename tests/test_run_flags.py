@@ -93,6 +93,14 @@ BAD_FLAGS = [
     ),
     ("tpu address without TPU", ["--tpu=grpc://10.0.0.1:8470"], "--tpu"),
     ("no training length", ["--train_epochs=0"], "train_epochs"),
+    (
+        "memory not a multiple of the batch",
+        ["--memory_size=1000", "--train_batch_size=256"],
+        "--memory_size=1000 must be a multiple",
+    ),
+    ("memory outside pretraining", ["--train_mode=finetune", "--memory_size=512"], "pretraining"),
+    ("memory momentum of 1", ["--memory_size=512", "--memory_momentum=1"], "memory_momentum"),
+    ("memory export without memory", ["--export_memory_network"], "memory_size"),
 ]
 
 
@@ -144,6 +152,10 @@ BINARY_CASES = {
     ),
     "unknown_flag": (["--lerning_rate=0.1"], "lerning_rate"),
     "bad_enum_value": (["--precision=fp8"], "precision"),
+    "memory_not_a_batch_multiple": (
+        ["--memory_size=1000", "--train_batch_size=256"],
+        "--memory_size",
+    ),
 }
 
 

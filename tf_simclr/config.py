@@ -209,6 +209,46 @@ class LossConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    """SimCLRv2's memory of negatives (section 2, third change; MoCo's mechanism).
+
+    A memory network, the exponential moving average (``memory_momentum``) of the online
+    encoder and projection head, projects every batch; its last ``memory_size`` projections are
+    extra negatives of NT-Xent. 0 turns the memory off. They enter the loss after
+    ``memory_warmup_steps`` steps. ``export_memory_network`` exports the memory network as the
+    phase's hub module instead of the online one.
+    """
+
+    memory_size: int = 0
+    memory_momentum: float = 0.999
+    memory_warmup_steps: int = 0
+    export_memory_network: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            self.memory_size >= 0,
+            f"memory_size={self.memory_size} must be >= 0 (0 turns the memory off; the paper "
+            "uses 65536).",
+        )
+        _require(
+            0.0 <= self.memory_momentum < 1.0,
+            f"memory_momentum={self.memory_momentum} must be in [0, 1) (the paper uses 0.999).",
+        )
+        _require(
+            self.memory_warmup_steps >= 0,
+            f"memory_warmup_steps={self.memory_warmup_steps} must be >= 0.",
+        )
+        _require(
+            self.memory_size > 0 or not self.export_memory_network,
+            "export_memory_network needs a memory: set memory_size > 0.",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.memory_size > 0
+
+
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 RUN_MODES = ("train", "eval", "train_then_eval")
 

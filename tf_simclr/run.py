@@ -26,6 +26,7 @@ from tf_simclr.config import (
     AugmentConfig,
     DataConfig,
     LossConfig,
+    MemoryConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -126,6 +127,11 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     define_float("distill_temperature", 1.0, "Distillation temperature tau.")
     define_float("distill_alpha", 1.0, "Weight of distillation vs labels (eq. 4).")
     define_bool("hinton_tau_squared", False, "Multiply the distillation loss by tau^2.")
+    # SimCLRv2's memory of negatives (pretraining).
+    define_integer("memory_size", 0, "Queued memory-network projections (0: no memory).")
+    define_float("memory_momentum", 0.999, "Moving-average momentum of the memory network.")
+    define_integer("memory_warmup_steps", 0, "Steps before memory negatives enter the loss.")
+    define_bool("export_memory_network", False, "Export the memory network, not the online.")
 
 
 def _fields_from_flags(cls, values: dict, **overrides):
@@ -155,6 +161,7 @@ def configs_from_flags(values: dict):
             AugmentConfig, values, crop_area_range=(values["crop_area_min"], 1.0)
         ),
         data=_fields_from_flags(DataConfig, values),
+        memory=_fields_from_flags(MemoryConfig, values),
     )
     _check_combinations(config, values)
     return config
@@ -164,6 +171,17 @@ def _check_combinations(config, values: dict) -> None:
     """Checks that involve more than one configuration or the file system."""
     if config.train.train_mode == "distill" and config.model.fine_tune_after_block == 4:
         raise ValueError("--fine_tune_after_block=4 freezes the student; distill trains it.")
+    memory_size = config.memory.memory_size
+    if memory_size and config.train.train_mode != "pretrain":
+        raise ValueError(
+            f"--memory_size is a pretraining setting (got --train_mode="
+            f"{config.train.train_mode}); drop it."
+        )
+    if memory_size % config.train.train_batch_size:
+        raise ValueError(
+            f"--memory_size={memory_size} must be a multiple of --train_batch_size="
+            f"{config.train.train_batch_size}: every step writes one projection per image."
+        )
     if values["teacher"] and config.train.train_mode != "distill":
         raise ValueError(
             f"--teacher is only used by --train_mode=distill (got --train_mode="

@@ -10,6 +10,7 @@ from tf_simclr.objectives.losses import (
     contrastive_loss,
     contrastive_metrics,
     distillation_loss,
+    memory_metrics,
     supervised_loss,
 )
 from tf_simclr.objectives.optimizers import build_optimizer
@@ -30,6 +31,7 @@ __all__ = [
     "contrastive_loss",
     "contrastive_metrics",
     "distillation_loss",
+    "memory_metrics",
     "num_train_steps",
     "num_warmup_steps",
     "scaled_learning_rate",

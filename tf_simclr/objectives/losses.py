@@ -21,6 +21,8 @@ def contrastive_loss(
     hidden_norm: bool = True,
     strategy: tf.distribute.Strategy | None = None,
     loss_scale: str = "reference",
+    memory: tf.Tensor | None = None,
+    memory_mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR eq. 1.
 
@@ -38,18 +40,26 @@ def contrastive_loss(
     the paper's ``L``. The choice scales the loss and its gradients by 2; the paper's learning
     rates (0.3 x batch / 256 with LARS) were tuned with the reference scale.
 
+    Memory of negatives (SimCLRv2 section 2, after MoCo): ``memory`` ``[M, d]`` holds earlier
+    projections of a moving-average network; every anchor of both directions gets all of them
+    as extra negatives after its ``2G - 2`` in-batch ones. ``memory_mask`` ``[M]`` (1 = use the
+    row) leaves out rows not filled yet. With ``hidden_norm`` the memory is L2-normalised too.
+
     Args:
         hidden: ``[2n, d]`` projections of both views (any float dtype; computed in float32).
         temperature: the softmax temperature ``tau`` (> 0).
         hidden_norm: L2-normalise the projections first, making the logits cosine similarities.
         strategy: gather negatives across the replicas of this strategy (call inside its ``run``).
         loss_scale: ``"reference"`` or ``"paper"`` (see above).
+        memory: ``[M, d]`` extra negatives shared by every anchor (None: none).
+        memory_mask: ``[M]`` weights in {0, 1} for the rows of ``memory`` (None: all used).
 
     Returns:
-        ``(loss, logits, labels)``: the scalar loss; ``logits`` ``[n, 2G]``, the view-1 anchors'
-        logits against ``concat([all view-2, all view-1])`` with the anchor itself masked out
-        (as fed to the softmax); ``labels`` the one-hot ``[n, 2G]`` positives. Feed both to
-        :func:`contrastive_metrics`.
+        ``(loss, logits, labels)``: the scalar loss; ``logits`` ``[n, 2G (+ M)]``, the view-1
+        anchors' logits against ``concat([all view-2, all view-1(, memory)])`` with the anchor
+        itself and masked memory rows pushed to -1e9 (as fed to the softmax); ``labels`` the
+        one-hot positives of the same shape. Feed both to :func:`contrastive_metrics` (and the
+        last ``M`` columns to :func:`memory_metrics`).
     """
     _check_temperature(temperature)
     if loss_scale not in CONTRASTIVE_LOSS_SCALES:
@@ -74,8 +84,20 @@ def contrastive_loss(
     logits_ba = tf.matmul(hidden2, hidden1_all, transpose_b=True) / temperature
     logits_bb = tf.matmul(hidden2, hidden2_all, transpose_b=True) / temperature - self_mask
 
-    logits_a = tf.concat([logits_ab, logits_aa], axis=1)
-    logits_b = tf.concat([logits_ba, logits_bb], axis=1)
+    logits_a = [logits_ab, logits_aa]
+    logits_b = [logits_ba, logits_bb]
+    if memory is not None:
+        memory = tf.cast(memory, tf.float32)
+        if hidden_norm:
+            memory = tf.math.l2_normalize(memory, axis=-1)
+        removed = 0.0
+        if memory_mask is not None:
+            removed = (1.0 - tf.cast(memory_mask, tf.float32)) * _MASK_LOGIT
+        logits_a.append(tf.matmul(hidden1, memory, transpose_b=True) / temperature - removed)
+        logits_b.append(tf.matmul(hidden2, memory, transpose_b=True) / temperature - removed)
+        labels = tf.pad(labels, [[0, 0], [0, tf.shape(memory)[0]]])
+    logits_a = tf.concat(logits_a, axis=1)
+    logits_b = tf.concat(logits_b, axis=1)
     loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, logits_a)
     loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, logits_b)
     loss = tf.reduce_mean(loss_a + loss_b)
@@ -105,6 +127,18 @@ def contrastive_metrics(logits: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Te
         "contrast_acc": tf.reduce_mean(tf.cast(correct, tf.float32)),
         "contrast_entropy": tf.reduce_mean(entropy),
     }
+
+
+def memory_metrics(logits: tf.Tensor, labels: tf.Tensor, memory_size: int) -> dict[str, tf.Tensor]:
+    """Contrastive accuracy against the memory alone: the fraction of anchors whose positive
+    scores above every (unmasked) memory negative; 1 while the memory is empty.
+
+    ``logits`` and ``labels`` are the outputs of :func:`contrastive_loss` called with a memory
+    of ``memory_size`` rows (its last columns).
+    """
+    positive = tf.reduce_sum(tf.cast(logits, tf.float32) * tf.cast(labels, tf.float32), axis=1)
+    hardest = tf.reduce_max(tf.cast(logits[:, -memory_size:], tf.float32), axis=1)
+    return {"memory_contrast_acc": tf.reduce_mean(tf.cast(positive > hardest, tf.float32))}
 
 
 def supervised_loss(

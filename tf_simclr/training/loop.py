@@ -51,6 +51,9 @@ class StepFunctions:
     replica's mean total loss and ``scalars`` the values to log (each averaged over steps).
     ``variables`` are the variables to train. ``on_loop_end`` runs after each loop of steps
     with the current step (e.g. the kNN monitor) and returns extra scalars to log.
+    ``after_step`` runs in cross-replica context after every optimizer step with the step's
+    distributed batch (the memory of negatives follows the model and enqueues there);
+    ``checkpoint_objects`` are saved and restored with the model and optimizer.
     """
 
     compute: Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
@@ -58,6 +61,8 @@ class StepFunctions:
     metric_names: tuple[str, ...]
     learning_rate: Callable[[tf.Tensor], tf.Tensor]
     on_checkpoint: Callable[[int], dict[str, float]] | None = None
+    after_step: Callable[[dict], None] | None = None
+    checkpoint_objects: dict[str, tf.Module] = dataclasses.field(default_factory=dict)
 
 
 def checkpoint_manager(
@@ -88,7 +93,9 @@ def train(
     ``start_step`` (deterministic pipelines skip what was consumed; others just restart).
     Returns the last logged scalars.
     """
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, **functions.checkpoint_objects
+    )
     manager = checkpoint_manager(
         checkpoint, settings.model_dir, strategy, settings.keep_checkpoint_max
     )
@@ -176,7 +183,10 @@ def build_train_function(
     @tf.function
     def run_steps(iterator: Iterator, steps: tf.Tensor) -> None:
         for _ in tf.range(steps):
-            strategy.run(replica_step, args=(next(iterator),))
+            batch = next(iterator)
+            strategy.run(replica_step, args=(batch,))
+            if functions.after_step is not None:
+                functions.after_step(batch)
 
     return run_steps
 

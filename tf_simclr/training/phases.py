@@ -23,9 +23,11 @@ from tf_simclr.objectives import (
     contrastive_loss,
     contrastive_metrics,
     distillation_loss,
+    memory_metrics,
     supervised_loss,
     weight_decay_loss,
 )
+from tf_simclr.training.memory import NegativeMemory
 
 Compute = Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
 
@@ -54,20 +56,33 @@ def pretrain_compute(
     loss_config: LossConfig,
     optim: OptimConfig,
     linear_eval: bool,
+    memory: NegativeMemory | None = None,
 ) -> Compute:
-    """NT-Xent on ``{"view1", "view2"}`` batches (+ linear evaluation on ``"label"``)."""
+    """NT-Xent on ``{"view1", "view2"}`` batches (+ linear evaluation on ``"label"``), with the
+    queued projections of ``memory`` as extra negatives when given. ``contrast_acc`` and
+    ``contrast_entropy`` always measure the in-batch negatives alone."""
 
     def compute(batch: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         images = tf.concat([batch["view1"], batch["view2"]], axis=0)
         outputs = model(images, training=True)
+        negatives, mask = memory.negatives() if memory is not None else (None, None)
         loss, logits, labels = contrastive_loss(
             outputs["proj_head_output"],
             temperature=loss_config.temperature,
             hidden_norm=loss_config.hidden_norm,
             strategy=strategy,
             loss_scale=loss_config.loss_scale,
+            memory=negatives,
+            memory_mask=mask,
         )
-        scalars = {"contrast_loss": loss, **contrastive_metrics(logits, labels)}
+        scalars = {"contrast_loss": loss}
+        if memory is None:
+            scalars.update(contrastive_metrics(logits, labels))
+        else:
+            in_batch = tf.shape(logits)[1] - memory.size
+            scalars.update(contrastive_metrics(logits[:, :in_batch], labels[:, :in_batch]))
+            scalars.update(memory_metrics(logits, labels, memory.size))
+            scalars["memory_fill"] = memory.fill()
         total = loss
         if linear_eval:
             class_labels = tf.concat([batch["label"], batch["label"]], axis=0)

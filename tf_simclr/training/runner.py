@@ -21,6 +21,7 @@ from tf_simclr.config import (
     AugmentConfig,
     DataConfig,
     LossConfig,
+    MemoryConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -34,6 +35,7 @@ from tf_simclr.data import (
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import build_learning_rate_schedule, build_optimizer, num_train_steps
 from tf_simclr.training import evaluate, loop, phases
+from tf_simclr.training.memory import NegativeMemory
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
@@ -49,6 +51,7 @@ class RunConfig:
     loss: LossConfig
     augment: AugmentConfig
     data: DataConfig
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
 
     def to_json(self) -> dict:
         return {
@@ -171,7 +174,8 @@ class PhaseRunner:
         if first_run and train.init_checkpoint:
             restore_weights(model, train.init_checkpoint, include_supervised_head=False)
             logger.info("initialised from %s", train.init_checkpoint)
-        compute = self._compute(model)
+        memory = self._build_memory(model)
+        compute = self._compute(model, memory)
         functions = loop.StepFunctions(
             compute=compute,
             variables=lambda: variables,
@@ -179,6 +183,9 @@ class PhaseRunner:
             learning_rate=schedule,
             on_checkpoint=self._knn_monitor(model) if self._knn_enabled() else None,
         )
+        if memory is not None:
+            functions.after_step = lambda batch: memory.after_step(strategy, model, batch)
+            functions.checkpoint_objects["memory"] = memory
         phase = train.train_mode
 
         def iterator_factory(start_step: int):
@@ -213,8 +220,25 @@ class PhaseRunner:
         scalars = loop.train(strategy, model, optimizer, functions, iterator_factory, settings)
         self.model = model
         if self.chief and train.export_hub and train.keep_hub_module_max > 0:
-            hub.export_to_model_dir(model, train.model_dir, total_steps, train.keep_hub_module_max)
+            exported = memory.network if config.memory.export_memory_network else model
+            hub.export_to_model_dir(
+                exported, train.model_dir, total_steps, train.keep_hub_module_max
+            )
         return scalars
+
+    def _build_memory(self, model: SimCLRModel) -> NegativeMemory | None:
+        """SimCLRv2's memory of negatives for pretraining, when ``memory_size > 0``."""
+        config = self.config
+        if config.train.train_mode != "pretrain" or not config.memory.enabled:
+            return None
+        with self.strategy.scope():
+            return NegativeMemory(
+                model,
+                config.memory,
+                global_batch_size=config.train.train_batch_size,
+                image_size=config.augment.image_size,
+                hidden_norm=config.loss.hidden_norm,
+            )
 
     def _trainable_variables(self, model: SimCLRModel) -> list[tf.Variable]:
         """Fine-tuning and distillation train only what reaches the loss: the encoder, the head
@@ -229,7 +253,7 @@ class PhaseRunner:
             variables += layer.trainable_variables
         return variables + list(model.supervised_head.trainable_variables)
 
-    def _compute(self, model: SimCLRModel) -> phases.Compute:
+    def _compute(self, model: SimCLRModel, memory: NegativeMemory | None) -> phases.Compute:
         config = self.config
         mode = config.train.train_mode
         if mode == "pretrain":
@@ -239,6 +263,7 @@ class PhaseRunner:
                 config.loss,
                 config.optim,
                 linear_eval=config.train.lineareval_while_pretraining,
+                memory=memory,
             )
         if mode == "finetune":
             return phases.finetune_compute(model, config.loss, config.optim)
@@ -267,6 +292,8 @@ class PhaseRunner:
             names += ["contrast_loss", "contrast_acc", "contrast_entropy"]
             if self.config.train.lineareval_while_pretraining:
                 names += ["supervised_loss", "supervised_acc"]
+            if self.config.memory.enabled:
+                names += ["memory_contrast_acc", "memory_fill"]
         elif mode == "finetune":
             names += ["supervised_loss", "supervised_acc"]
         else:

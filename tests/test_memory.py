@@ -1,0 +1,290 @@
+"""SimCLRv2's memory of negatives (arXiv 2006.10029 section 2).
+
+In process: NT-Xent with memory negatives against an independent NumPy computation, the memory
+accuracy on a hand-built case, the first-in-first-out queue with its wrap-around, warm-up and
+fill, and the moving average against its closed form. Through the binary: two mirrored replicas
+give the losses and the queue of one device, a run resumed from a middle checkpoint continues
+with the same queue and the same next losses, and the memory network exports as a hub module.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from binary_runs import (
+    REFERENCE_FLAGS,
+    REFERENCE_STEPS,
+    assert_succeeded,
+    read_events,
+    reference_run,
+    run_binary,
+    shared_runs,
+)
+
+from tf_simclr import ModelConfig, SimCLRModel
+from tf_simclr.config import MemoryConfig
+from tf_simclr.objectives import contrastive_loss, memory_metrics
+from tf_simclr.training.memory import NegativeMemory
+
+QUEUE_KEY = "memory/queue/.ATTRIBUTES/VARIABLE_VALUE"
+COUNT_KEY = "memory/count/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _numpy_nt_xent(
+    hidden: np.ndarray, memory: np.ndarray, mask: np.ndarray, temperature: float, norm: bool
+) -> float:
+    """Every one of the 2n views is an anchor: its positive, its 2n - 2 in-batch negatives and
+    the unmasked memory rows; reference scale = sum over the 2n anchors / n."""
+    z = hidden.astype(np.float64)
+    m = memory.astype(np.float64)[mask.astype(bool)]
+    if norm:
+        z, m = _normalise(z), (_normalise(m) if len(m) else m)
+    two_n = len(z)
+    n = two_n // 2
+    total = 0.0
+    for i in range(two_n):
+        partner = (i + n) % two_n
+        negatives = [z[i] @ z[j] for j in range(two_n) if j not in (i, partner)]
+        logits = np.array([z[i] @ z[partner], *negatives, *(m @ z[i])]) / temperature
+        top = logits.max()
+        total += -(logits[0] - top - math.log(np.exp(logits - top).sum()))
+    return total / n
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "rows", "temperature", "norm", "masked"),
+    [
+        (3, 5, 4, 0.5, True, 0),
+        (4, 8, 8, 0.1, True, 3),
+        (2, 6, 6, 0.2, False, 2),
+        (5, 16, 10, 1.0, True, 10),
+    ],
+)
+def test_loss_with_memory_negatives_matches_numpy(n, dim, rows, temperature, norm, masked):
+    rng = np.random.default_rng(n * 31 + rows)
+    scale = 1.0 if norm else 0.4
+    hidden = (scale * rng.normal(size=(2 * n, dim))).astype(np.float32)
+    memory = (scale * rng.normal(size=(rows, dim))).astype(np.float32)
+    mask = np.ones(rows, np.float32)
+    mask[rows - masked :] = 0.0
+
+    loss, logits, labels = contrastive_loss(
+        tf.constant(hidden),
+        temperature=temperature,
+        hidden_norm=norm,
+        memory=tf.constant(memory),
+        memory_mask=tf.constant(mask),
+    )
+
+    expected = _numpy_nt_xent(hidden, memory, mask, temperature, norm)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert logits.shape == labels.shape == (n, 2 * n + rows)
+    if masked == rows:  # a fully masked memory is no memory at all
+        plain, _, _ = contrastive_loss(tf.constant(hidden), temperature=temperature)
+        np.testing.assert_allclose(loss.numpy(), plain.numpy(), rtol=1e-6)
+
+
+def test_memory_accuracy_counts_anchors_whose_positive_beats_every_memory_row():
+    e1, e2 = np.eye(4, dtype=np.float32)[:2]
+    hidden = np.stack([e1, e2, e1, e2])  # both views of image k are the same vector
+    memory = np.stack([e1, -e1, -e2])  # image 1 ties with its copy in the memory
+    _, logits, labels = contrastive_loss(
+        tf.constant(hidden), temperature=0.1, memory=tf.constant(memory)
+    )
+    accuracy = memory_metrics(logits, labels, memory_size=3)["memory_contrast_acc"]
+    assert float(accuracy) == 0.5
+
+
+def _tiny_model() -> SimCLRModel:
+    config = ModelConfig(
+        resnet_depth=18,
+        width_multiplier=0.0625,
+        cifar_stem=True,
+        num_proj_layers=2,
+        proj_out_dim=4,
+        num_classes=3,
+    )
+    return SimCLRModel(config).build_for_size(8)
+
+
+def test_queue_is_first_in_first_out_and_wraps_around():
+    config = MemoryConfig(memory_size=6, memory_warmup_steps=2)
+    memory = NegativeMemory(_tiny_model(), config, global_batch_size=2, image_size=8)
+    assert memory.queue.shape == (6, 4)
+    expected = np.zeros((6, 4), np.float32)
+    rng = np.random.default_rng(0)
+    for step in range(5):  # 10 rows through a queue of 6: the oldest are overwritten
+        rows = rng.normal(size=(2, 4)).astype(np.float32)
+        memory.enqueue(tf.constant(rows))
+        for offset, row in enumerate(rows):
+            expected[(2 * step + offset) % 6] = row
+        np.testing.assert_array_equal(memory.queue.numpy(), expected)
+        written = min(2 * (step + 1), 6)
+        assert int(memory.count.numpy()) == 2 * (step + 1)
+        assert float(memory.fill()) == pytest.approx(written / 6)
+        negatives, mask = memory.negatives()
+        np.testing.assert_array_equal(negatives.numpy(), expected)
+        warm = step + 1 >= config.memory_warmup_steps
+        np.testing.assert_array_equal(mask.numpy(), [warm and i < written for i in range(6)])
+
+
+def test_memory_size_must_be_a_multiple_of_the_global_batch():
+    with pytest.raises(ValueError, match="multiple of the global batch 4"):
+        NegativeMemory(
+            _tiny_model(), MemoryConfig(memory_size=6), global_batch_size=4, image_size=8
+        )
+
+
+def test_moving_average_equals_its_closed_form_after_k_steps():
+    """m_k = mu^k m_0 + (1 - mu) sum_j mu^(k - j) w_j for online weights w_1 .. w_k."""
+    momentum, steps = 0.9, 4
+    online = _tiny_model()
+    memory = NegativeMemory(
+        online,
+        MemoryConfig(memory_size=2, memory_momentum=momentum),
+        global_batch_size=2,
+        image_size=8,
+    )
+    followed = {
+        "conv kernel": (
+            memory.network.encoder.stem.convs[0].conv.kernel,
+            online.encoder.stem.convs[0].conv.kernel,
+        ),
+        "bn moving variance": (
+            memory.network.encoder.stem.convs[0].bn.moving_variance,
+            online.encoder.stem.convs[0].bn.moving_variance,
+        ),
+        "head kernel": (
+            memory.network.projection_head.layers_list[-1].dense.kernel,
+            online.projection_head.layers_list[-1].dense.kernel,
+        ),
+    }
+    rng = np.random.default_rng(1)
+    start = {}
+    for name, (mine, theirs) in followed.items():
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=f"{name} copy")
+        start[name] = rng.uniform(0.5, 1.5, size=mine.shape)
+        mine.assign(start[name])
+    history = {name: [] for name in followed}
+    strategy = tf.distribute.get_strategy()
+    for _ in range(steps):
+        for name, (_, theirs) in followed.items():
+            value = rng.uniform(0.5, 1.5, size=theirs.shape)
+            theirs.assign(value)
+            history[name].append(value)
+        memory.follow(strategy, online)
+    for name, (mine, _) in followed.items():
+        closed = momentum**steps * start[name] + (1 - momentum) * sum(
+            momentum ** (steps - j) * w for j, w in enumerate(history[name], start=1)
+        )
+        np.testing.assert_allclose(mine.numpy(), closed, rtol=1e-5, err_msg=name)
+
+
+# Through the binary: the shared 12-step reference pretraining with a memory of 3 steps (it
+# wraps around 3 times), moving-average momentum 0.9 and one warm-up step.
+MEMORY_FLAGS = (
+    *REFERENCE_FLAGS,
+    "--memory_size=96",
+    "--memory_momentum=0.9",
+    "--memory_warmup_steps=1",
+    "--export_memory_network",
+    "--keep_hub_module_max=1",
+)
+MIRRORED_MEMORY_FLAGS = (*MEMORY_FLAGS, "--strategy=mirrored", "--logical_cpu_devices=2")
+
+
+@pytest.fixture(scope="module")
+def memory_runs(tmp_path_factory):
+    return shared_runs(
+        tmp_path_factory, {"memory": MEMORY_FLAGS, "memory_mirrored": MIRRORED_MEMORY_FLAGS}
+    )
+
+
+def _queue(prefix) -> tuple[np.ndarray, int]:
+    reader = tf.train.load_checkpoint(str(prefix))
+    return reader.get_tensor(QUEUE_KEY), int(reader.get_tensor(COUNT_KEY))
+
+
+@pytest.mark.slow
+def test_two_replicas_give_the_losses_and_queue_of_one_device(memory_runs, tmp_path_factory):
+    one, two = memory_runs["memory"], memory_runs["memory_mirrored"]
+    single, mirrored = read_events(one / "train"), read_events(two / "train")
+    for tag in ("train/contrast_loss", "train/memory_contrast_acc", "train/memory_fill"):
+        assert single.steps(tag) == mirrored.steps(tag) == list(range(1, REFERENCE_STEPS + 1))
+    np.testing.assert_allclose(
+        mirrored.values("train/contrast_loss"), single.values("train/contrast_loss"), rtol=2e-4
+    )
+    # The fill is logged before the step's enqueue: 0, 1/3, 2/3, then full.
+    np.testing.assert_allclose(single.values("train/memory_fill")[:4], [0, 1 / 3, 2 / 3, 1])
+    queue_one, count_one = _queue(one / f"ckpt/ckpt-{REFERENCE_STEPS}")
+    queue_two, count_two = _queue(two / f"ckpt/ckpt-{REFERENCE_STEPS}")
+    assert count_one == count_two == 32 * REFERENCE_STEPS
+    np.testing.assert_allclose(np.linalg.norm(queue_one, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(queue_two, queue_one, atol=1e-4)
+
+    # The memory is used: the first step (warm-up, empty memory) equals the run without a
+    # memory, later steps do not.
+    plain = read_events(reference_run(tmp_path_factory) / "train").values("train/contrast_loss")
+    with_memory = single.values("train/contrast_loss")
+    np.testing.assert_allclose(with_memory[0], plain[0], rtol=1e-6)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(with_memory[2:], plain[2:], strict=True))
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_with_the_same_queue_and_losses(memory_runs, tmp_path):
+    uninterrupted = memory_runs["memory"]
+    model_dir = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "ckpt", model_dir / "ckpt")
+    for path in (model_dir / "ckpt").glob("ckpt-*"):
+        if int(path.name.split(".")[0].split("-")[1]) > 6:
+            path.unlink()
+    (model_dir / "ckpt" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-6"\nall_model_checkpoint_paths: "ckpt-6"\n'
+    )
+    resumed = run_binary(model_dir, *MEMORY_FLAGS)
+    assert_succeeded(resumed)
+    assert "resumed from" in resumed.output and "ckpt-6" in resumed.output
+
+    queue_a, count_a = _queue(uninterrupted / f"ckpt/ckpt-{REFERENCE_STEPS}")
+    queue_b, count_b = _queue(model_dir / f"ckpt/ckpt-{REFERENCE_STEPS}")
+    assert count_a == count_b
+    np.testing.assert_allclose(queue_b, queue_a, atol=1e-6)
+    first = read_events(uninterrupted / "train")
+    second = read_events(model_dir / "train")
+    assert second.steps("train/contrast_loss") == list(range(7, REFERENCE_STEPS + 1))
+    np.testing.assert_allclose(
+        second.values("train/contrast_loss"),
+        first.values("train/contrast_loss")[6:],
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.slow
+def test_memory_network_is_exported_as_the_hub_module(memory_runs, tmp_path):
+    from export.export_hub import export_checkpoint
+
+    run = memory_runs["memory"]
+    images = tf.random.stateless_uniform([4, 16, 16, 3], seed=[1, 2])
+    phase_module = tf.saved_model.load(str(run / "hub" / str(REFERENCE_STEPS)))
+    memory_export = export_checkpoint(
+        str(run), export_dir=str(tmp_path / "memory"), memory_network=True
+    )
+    online_export = export_checkpoint(str(run), export_dir=str(tmp_path / "online"))
+
+    def features(module) -> np.ndarray:
+        return module(images, training=False)["final_avg_pool"].numpy()
+
+    at_phase_end = features(phase_module)
+    np.testing.assert_allclose(
+        features(tf.saved_model.load(memory_export)), at_phase_end, rtol=1e-5, atol=1e-6
+    )
+    online = features(tf.saved_model.load(online_export))
+    assert np.max(np.abs(online - at_phase_end)) > 1e-3
