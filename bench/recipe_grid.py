@@ -33,6 +33,7 @@ EPOCHS = 10
 # temperature 0.2, colour strength 0.5, crops down to 8%, ResNet-18 width 0.25).
 GRID: dict[str, tuple[str, ...]] = {
     "base": (),
+    "memory_16384_m0.99": ("--memory_size=16384", "--memory_momentum=0.99"),
     "crop_0.2": ("--crop_area_min=0.2",),
     "crop_0.35": ("--crop_area_min=0.35",),
     "color_0": ("--color_jitter_strength=0",),
@@ -45,7 +46,6 @@ GRID: dict[str, tuple[str, ...]] = {
     "sgd_lr_0.1_wd_5e-4": ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4"),
     "batch_512": ("--train_batch_size=512",),
     "width_0.5": ("--width_multiplier=0.5",),
-    "memory_16384_m0.99": ("--memory_size=16384", "--memory_momentum=0.99"),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
 }
 _PROGRESS = re.compile(
