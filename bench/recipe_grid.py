@@ -3,8 +3,9 @@
 Short SimCLRv2 pretraining runs of the same length and seed, each changing one setting of
 ``flags/fashion_mnist/pretrain.flags`` (SimCLR sections 3-5 and appendix B.9 name the settings
 that matter: crop scale, colour strength, temperature, learning rate and its scaling, optimizer,
-batch size, width, SimCLRv2's memory of negatives), scored by the weighted kNN monitor (bank: 10,000 training images, queries:
-the 10,000 test images, k = 200, t = 0.1) after every epoch.
+batch size, width; SimCLRv2 section 2 adds the memory of negatives), scored by the weighted kNN
+monitor (bank: 10,000 training images, queries: the 10,000 test images, k = 200, t = 0.1)
+after every epoch.
 
 Each finished run writes ``<record_dir>/<name>.json`` (settings, kNN by epoch, images/s, wall
 time); a recorded run is skipped, so the grid spans sessions once its records are committed.

@@ -210,7 +210,7 @@ def test_pretraining_summaries(phases):
     assert max(rates) > 0 and rates[-1] == pytest.approx(0.0, abs=1e-9)  # cosine decay to 0
     # The on-line kNN monitor runs at every checkpoint.
     _assert_scalar_tags(train, {"eval/knn_top_1_accuracy"}, "pretrain/train")
-    assert train.steps("eval/knn_top_1_accuracy") == [12, 24]
+    assert train.steps("eval/knn_top_1_accuracy") == [0, 12, 24]
     # The view pairs: 8 images, each the two 16x16 views side by side.
     assert train.images["train/augmented_view_pairs"] == [(0, 32, 16, 8)]
 

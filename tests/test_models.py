@@ -234,6 +234,27 @@ def test_supervised_head_zero_init_and_stop_gradient():
     assert all(g is None for g in grads)
 
 
+def test_probe_batch_norm_standardises_the_supervised_head_input():
+    config = dataclasses.replace(SMALL, supervised_head_batch_norm=True)
+    model = build(config)
+    head = model.supervised_head
+    assert {v.name.split("/")[-1].split(":")[0] for v in head.bn.variables} == {
+        "moving_mean",
+        "moving_variance",
+    }  # no scale, no offset: nothing for the optimizer but the linear layer
+    images = tf.random.stateless_uniform([6, 32, 32, 3], seed=[2, 3])
+    outputs = model(images, training=True)
+    features = outputs["final_avg_pool"].numpy().astype(np.float64)
+    standardised = (features - features.mean(axis=0)) / np.sqrt(
+        features.var(axis=0) + config.batch_norm_epsilon
+    )
+    expected = standardised @ head.dense.kernel.numpy() + head.dense.bias.numpy()
+    np.testing.assert_allclose(outputs["logits_sup"].numpy(), expected, rtol=1e-4, atol=1e-5)
+    # Inference reads the moving statistics, which training moved towards the batch's.
+    moved = head.bn.moving_mean.numpy()
+    np.testing.assert_allclose(moved, (1 - config.batch_norm_decay) * features.mean(0), rtol=1e-4)
+
+
 def test_fine_tune_after_block_freezes_the_early_layers():
     model = build(dataclasses.replace(SMALL, fine_tune_after_block=2))
     trainable = {id(v) for v in model.trainable_variables}

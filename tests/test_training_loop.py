@@ -257,19 +257,25 @@ def test_loop_trains_checkpoints_logs_and_resumes(tmp_path):
     scalars = loop.train(strategy, model, optimizer, functions, factory, settings(tmp_path, 5))
     assert calls == [0]
     assert int(optimizer.iterations) == 5
-    # Loops stop at checkpoint boundaries (2, 4) and at the end (5).
-    assert ckpt_steps(tmp_path) == seen == [2, 4, 5]
+    # The monitor sees the initial model (step 0); loops stop at checkpoint boundaries (2, 4)
+    # and at the end (5).
+    assert seen == [0, 2, 4, 5]
+    assert ckpt_steps(tmp_path) == [2, 4, 5]
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(5), rtol=1e-5)
     assert set(scalars) == {"loss", "images_per_second", "learning_rate", "eval/probe"}
     events = read_events(tmp_path / "train")
     assert events.steps("train/loss") == [2, 4, 5]
-    assert events.steps("eval/probe") == [2, 4, 5]
+    assert events.steps("eval/probe") == [0, 2, 4, 5]
     assert events.values("learning_rate") == pytest.approx([LEARNING_RATE] * 3)
     assert "train/learning_rate" not in events.scalars
 
-    # A new process (fresh model and optimizer) continues from step 5 to 7.
+    # A new process (fresh model and optimizer) continues from step 5 to 7; a resumed run does
+    # not measure step 0 again.
     model, optimizer, functions, factory, calls = regression_setup(strategy)
+    seen.clear()
+    functions.on_checkpoint = lambda step: seen.append(step) or {"eval/probe": float(step)}
     loop.train(strategy, model, optimizer, functions, factory, settings(tmp_path, 7))
+    assert seen == [6, 7]
     assert calls == [5]
     assert ckpt_steps(tmp_path) == [2, 4, 5, 6, 7]
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(7), rtol=1e-5)

@@ -66,7 +66,7 @@ ARCHITECTURE_FIELDS = {
         "batch_norm_epsilon",
     ),
     "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim"),
-    "supervised_head": ("num_classes", "ft_proj_selector"),
+    "supervised_head": ("num_classes", "ft_proj_selector", "supervised_head_batch_norm"),
 }
 
 
@@ -413,24 +413,6 @@ def _plain_copy(model: SimCLRModel, parts: tuple[str, ...]) -> SimCLRModel:
     return plain
 
 
-def _forward(
-    model: SimCLRModel, parts: tuple[str, ...], images: tf.Tensor, training: bool
-) -> dict[str, tf.Tensor]:
-    """The endpoint dict of ``SimCLRModel.call`` restricted to ``parts``."""
-    endpoints = dict(model.encoder(images, training=training))
-    head_outputs = [endpoints["final_avg_pool"]]
-    if "projection_head" in parts:
-        head_outputs = model.projection_head(endpoints["final_avg_pool"], training=training)
-        endpoints["proj_head_input"] = head_outputs[0]
-        for i, output in enumerate(head_outputs[1:]):
-            endpoints[f"proj_head_{i + 1}"] = output
-        endpoints["proj_head_output"] = head_outputs[-1]
-    if "supervised_head" in parts:
-        features = head_outputs[selected_head_output(model.config)]
-        endpoints["logits_sup"] = model.supervised_head(features)
-    return {name: tf.cast(value, tf.float32) for name, value in endpoints.items()}
-
-
 def _build_module(
     plain: SimCLRModel, parts: tuple[str, ...], weight_decay: float
 ) -> tf.train.Checkpoint:
@@ -442,7 +424,7 @@ def _build_module(
 
     @tf.function
     def call(images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        return _forward(plain, parts, images, training)
+        return plain.endpoints(images, training=training, parts=parts)
 
     call.get_concrete_function(IMAGE_SPEC, training=True)
     call.get_concrete_function(IMAGE_SPEC, training=False)

@@ -80,10 +80,21 @@ class ProjectionHead(keras.layers.Layer):
 
 
 class SupervisedHead(keras.layers.Layer):
-    """Linear classifier on the selected head layer (SimCLRv2 section 2, fine-tuning)."""
+    """Linear classifier on the selected head layer (SimCLRv2 section 2, fine-tuning), optionally
+    after a parameter-free batch norm (``supervised_head_batch_norm``, the on-line probe)."""
 
     def __init__(self, config: ModelConfig, **kwargs) -> None:
         super().__init__(dtype="float32", **kwargs)
+        self.bn = None
+        if config.supervised_head_batch_norm:
+            self.bn = keras.layers.BatchNormalization(
+                center=False,
+                scale=False,
+                momentum=config.batch_norm_decay,
+                epsilon=config.batch_norm_epsilon,
+                dtype="float32",
+                name="bn",
+            )
         self.dense = keras.layers.Dense(
             config.num_classes,
             kernel_initializer="zeros"
@@ -92,5 +103,7 @@ class SupervisedHead(keras.layers.Layer):
             dtype="float32",
         )
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor, training=None) -> tf.Tensor:
+        if self.bn is not None:
+            inputs = self.bn(inputs, training=training)
         return self.dense(inputs)

@@ -9,12 +9,16 @@ float32: ``initial_conv``, ``initial_max_pool``, ``block_group1`` .. ``block_gro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr.config import ModelConfig
 from tf_simclr.models.heads import ProjectionHead, SupervisedHead
 from tf_simclr.models.resnet import ResNet
+
+PARTS = ("encoder", "projection_head", "supervised_head")
 
 
 class SimCLRModel(keras.Model):
@@ -32,17 +36,27 @@ class SimCLRModel(keras.Model):
         )
 
     def call(self, images: tf.Tensor, training=None) -> dict[str, tf.Tensor]:
-        endpoints = self.encoder(images, training=training)
-        head_outputs = self.projection_head(endpoints["final_avg_pool"], training=training)
-        endpoints["proj_head_input"] = head_outputs[0]
-        for i, output in enumerate(head_outputs[1:]):
-            endpoints[f"proj_head_{i + 1}"] = output
-        endpoints["proj_head_output"] = head_outputs[-1]
-        if self.supervised_head is not None:
-            features = head_outputs[self.config.ft_proj_selector]
+        return self.endpoints(images, training=training)
+
+    def endpoints(
+        self, images: tf.Tensor, training=None, parts: Iterable[str] | None = None
+    ) -> dict[str, tf.Tensor]:
+        """The endpoint dict, restricted to ``parts`` (``"encoder"`` always runs;
+        ``"projection_head"``, ``"supervised_head"``; default: every part the model has)."""
+        parts = set(PARTS if parts is None else parts)
+        endpoints = dict(self.encoder(images, training=training))
+        head_outputs = [endpoints["final_avg_pool"]]
+        if "projection_head" in parts:
+            head_outputs = self.projection_head(endpoints["final_avg_pool"], training=training)
+            endpoints["proj_head_input"] = head_outputs[0]
+            for i, output in enumerate(head_outputs[1:]):
+                endpoints[f"proj_head_{i + 1}"] = output
+            endpoints["proj_head_output"] = head_outputs[-1]
+        if "supervised_head" in parts and self.supervised_head is not None:
+            features = head_outputs[self.config.ft_proj_selector % len(head_outputs)]
             if self.config.supervised_head_stop_gradient:
                 features = tf.stop_gradient(features)
-            endpoints["logits_sup"] = self.supervised_head(features)
+            endpoints["logits_sup"] = self.supervised_head(features, training=training)
         return {name: tf.cast(value, tf.float32) for name, value in endpoints.items()}
 
     def build_for_size(self, image_size: int = 32) -> SimCLRModel:

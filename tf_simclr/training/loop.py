@@ -49,8 +49,9 @@ class StepFunctions:
 
     ``compute`` maps a batch to ``(loss, scalars)`` inside the gradient tape: ``loss`` is the
     replica's mean total loss and ``scalars`` the values to log (each averaged over steps).
-    ``variables`` are the variables to train. ``on_loop_end`` runs after each loop of steps
-    with the current step (e.g. the kNN monitor) and returns extra scalars to log.
+    ``variables`` are the variables to train. ``on_checkpoint`` runs before the first step of a
+    fresh run and after every checkpoint with the current step (e.g. the kNN monitor) and
+    returns extra scalars to log.
     ``after_step`` runs in cross-replica context after every optimizer step with the step's
     distributed batch (the memory of negatives follows the model and enqueues there);
     ``checkpoint_objects`` are saved and restored with the model and optimizer.
@@ -118,6 +119,11 @@ def train(
     iterator = iterator_factory(start_step)
     step = start_step
     scalars: dict[str, float] = {}
+    if step == 0 and functions.on_checkpoint is not None:
+        # Where the encoder stands before any update (e.g. kNN of the random initialisation).
+        initial = functions.on_checkpoint(0)
+        _write_scalars(writer, initial, 0)
+        logger.info("step 0 %s", " ".join(f"{k}={v:.4g}" for k, v in initial.items()))
     started = time.time()
     while step < settings.total_steps:
         next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps

@@ -118,6 +118,7 @@ class PhaseRunner:
             config.model,
             num_classes=head_classes,
             supervised_head_stop_gradient=train.train_mode == "pretrain",
+            supervised_head_batch_norm=train.train_mode == "pretrain",
             global_bn=config.model.global_bn and strategy.num_replicas_in_sync > 1,
         )
 
