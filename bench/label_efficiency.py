@@ -1,27 +1,31 @@
-"""Label-efficiency study on Fashion-MNIST: SimCLRv2's claims (Chen et al. 2020, Sections 1 and
-4; Figure 1 and Tables 2-3) reproduced at the scale of a 2-core CPU.
+"""Label-efficiency study on Fashion-MNIST: SimCLRv2's claims (Chen et al. 2020, sections 1, 2
+and 4; Figure 1, Tables 2-3) checked at the scale of a 2-core CPU.
 
-Every row is one or more ``tf-simclr --flagfile=flags/fashion_mnist/...`` processes, all on the
-same network (the recipes' ResNet-18 at width 0.25 with the CIFAR stem) and evaluated on the
-10,000 test images:
+All rows use the recipes' network (ResNet-18 at width 0.25, CIFAR stem, 28 px) and the 10,000
+test images:
 
-- supervised only, from scratch, on 1%, 10% and 100% of the labels;
-- SimCLRv2: pretraining on the 60,000 training images without labels, then fine-tuning the whole
-  network from the first projection-head layer on 1% and 10% (Section 2, ``ft_proj_selector=1``);
-- linear evaluation of the frozen pretrained encoder on 1%, 10% and 100%;
-- self-distillation (same architecture, initialised from the pretrained encoder) and distillation
-  into a smaller student (width 0.125, about a quarter of the parameters, from scratch) of the
-  seed-0 fine-tuned teachers on the unlabeled training images (Section 2, eq. 3).
+- **reference rows** (in process, same protocols as the encoder's): raw pixels (784 values) and
+  a randomly initialised encoder, scored by the weighted kNN monitor (bank: 10,000 training
+  images, k = 200, t = 0.1) and by a converged linear probe (standardised features, Adam, see
+  ``tf_simclr/training/linear_probe.py``) on 1%, 10% and 100% of the labels;
+- **the SimCLRv2 encoder** under the same two protocols: the released module
+  (``pretrained/fashion_mnist/hub``) when it exists, otherwise a pretraining run of the study;
+- **converged supervised baselines**: on seed 0 a budget sweep (``budget_multipliers`` x a base
+  schedule) per label fraction; the best budget (by test top-1, which can only favour the
+  baseline) then runs for the other seeds;
+- **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2),
+  seeds paired with the supervised runs (same seed, same label subset);
+- **distillation with the labels mixed in** (eq. 4, ``distill_alpha``) from the seed-0
+  fine-tuned teachers on the 60,000 training images: a same-size student initialised from the
+  encoder and a smaller one (width 0.125) from scratch.
 
-Supervised and fine-tuning rows run with several seeds; the seed picks the class-balanced label
-subset, the initialisation and the data order, and fine-tuning and supervised runs with the same
-seed share a subset. The training budget is equal (see ``supervised_epochs``).
+The study spans sessions: every finished run writes ``<record_dir>/<name>.json`` and the
+teachers' hub modules go to ``<record_dir>/modules/``; both are meant to be committed, and a
+recorded run is skipped. Scratch model_dirs go to ``run_dir``; an interrupted run resumes from
+its own checkpoints. At the end: ``results.json``, a Markdown table with every target marked met
+or missed, and a PNG plot.
 
-The study is resumable: a finished run leaves ``study.json`` in its folder and is skipped next
-time; an interrupted run resumes from its own checkpoints. At the end it writes the results, a
-Markdown table and a PNG plot (accuracy against label fraction, one line per method).
-
-    .venv/bin/python bench/label_efficiency.py                    # the full study (~1.5-2 h here)
+    .venv/bin/python bench/label_efficiency.py                     # the whole study, resumable
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
 """
 
@@ -29,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -39,88 +45,125 @@ import time
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_IMAGES = 60_000
+RELEASED_ENCODER = os.path.join(REPO_ROOT, "pretrained", "fashion_mnist", "hub")
+RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "label_efficiency")
 FRACTIONS = (0.01, 0.1, 1.0)
-# Epochs over the labeled subset of each labeled phase (full-network fine-tuning, linear
-# evaluation): the recipes' settings, passed explicitly so the budget rule below sees them.
+SEMI_SUPERVISED = (0.01, 0.1)
+# Base schedules in epochs over the labeled subset; the supervised sweep multiplies them.
+SUPERVISED_BASE_EPOCHS = {0.01: 100, 0.1: 25, 1.0: 25}
 FINETUNE_EPOCHS = {0.01: 60, 0.1: 20}
-LINEAR_EPOCHS = {0.01: 60, 0.1: 20, 1.0: 5}
 STUDENT_WIDTH = 0.125
+PROBE_ENCODERS = ("pixels", "random", "simclr")
 METHODS = {
-    "supervised": "supervised only",
+    "supervised": "supervised only (best budget of the sweep)",
     "finetune": "SimCLRv2 fine-tuned (proj_head_1)",
-    "linear": "SimCLRv2 linear eval (frozen encoder)",
-    "self_distill": "SimCLRv2 self-distilled (same size)",
-    "distill_small": f"SimCLRv2 distilled, smaller student (width {STUDENT_WIDTH})",
+    "self_distill": "SimCLRv2 self-distilled (same size, labels mixed in)",
+    "distill_small": f"SimCLRv2 distilled into width {STUDENT_WIDTH} (labels mixed in)",
+}
+PROBE_LABELS = {
+    "pixels": "raw pixels",
+    "random": "randomly initialised encoder",
+    "simclr": "SimCLRv2 encoder",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
-    """What to run: pretraining length, seeds and flags appended to every run."""
+    """What to run. ``encoder``: a hub module or model_dir to evaluate and fine-tune from
+    ("" pretrains one in the study for ``pretrain_epochs``)."""
 
     run_dir: str
+    record_dir: str = RECORD_DIR
     seeds: tuple[int, ...] = (0, 1, 2)
-    pretrain_epochs: float = 5
-    distill_epochs: float = 3
+    encoder: str = ""
+    pretrain_epochs: float = 60
+    budget_multipliers: tuple[float, ...] = (1, 2, 4)
+    distill_epochs: float = 10
+    distill_alpha: float = 0.5
     extra_flags: tuple[str, ...] = ()
+
+    @property
+    def encoder_source(self) -> str:
+        return self.encoder or os.path.join(self.run_dir, "pretrain")
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One ``tf-simclr`` process of the study."""
+    """One step of the study: a ``tf-simclr`` process, or (``method == "probe"``) an in-process
+    evaluation of fixed features."""
 
     name: str
     method: str
     fraction: float
     seed: int
     flags: tuple[str, ...]
+    multiplier: float = 0.0
 
 
 def percent(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
 
-def labeled_images(fraction: float) -> int:
-    """Size of the class-balanced subset (6,000 training images per class)."""
-    return round(fraction * TRAIN_IMAGES)
-
-
-def simclr_images(settings: StudySettings, fraction: float) -> float:
-    """Training images drawn by the SimCLRv2 row at ``fraction``: pretraining plus its labeled
-    phase (fine-tuning at 1% and 10%, linear evaluation at 100%)."""
-    epochs = FINETUNE_EPOCHS.get(fraction, LINEAR_EPOCHS[fraction])
-    return settings.pretrain_epochs * TRAIN_IMAGES + epochs * labeled_images(fraction)
-
-
-def supervised_epochs(settings: StudySettings, fraction: float) -> float:
-    """Epochs over its labels that give the supervised baseline the SimCLRv2 row's budget.
-
-    The budget is counted in training images drawn (steps x batch size): each pretraining
-    image counts once, although its two views make a pretraining step about twice as expensive
-    as a supervised one.
-    """
-    return simclr_images(settings, fraction) / labeled_images(fraction)
-
-
-def plan(settings: StudySettings) -> list[Run]:
-    """Every run of the study, SimCLRv2 rows first, in an order that satisfies dependencies."""
-    runs = []
-    common = ("--keep_hub_module_max=0",)
-    pretrain = os.path.join(settings.run_dir, "pretrain")
-    runs.append(
-        Run(
-            "pretrain",
-            "pretrain",
-            1.0,
-            0,
-            (
-                "--flagfile=flags/fashion_mnist/pretrain.flags",
-                f"--train_epochs={settings.pretrain_epochs:g}",
-                *common,
-            ),
-        )
+def supervised_run(fraction: float, seed: int, multiplier: float, name: str) -> Run:
+    epochs = SUPERVISED_BASE_EPOCHS[fraction] * multiplier
+    return Run(
+        name,
+        "supervised",
+        fraction,
+        seed,
+        (
+            f"--flagfile=flags/fashion_mnist/supervised_{percent(fraction)}.flags",
+            f"--seed={seed}",
+            f"--train_epochs={epochs:g}",
+            f"--checkpoint_epochs={epochs / 4:g}",
+        ),
+        multiplier,
     )
+
+
+def sweep_runs(settings: StudySettings) -> list[Run]:
+    """The supervised budget sweep on the first seed, one run per fraction and multiplier."""
+    seed = settings.seeds[0]
+    return [
+        supervised_run(fraction, seed, m, f"supervised_{percent(fraction)}_x{m:g}_seed{seed}")
+        for fraction in FRACTIONS
+        for m in settings.budget_multipliers
+    ]
+
+
+def best_multiplier(records: dict[str, dict], settings: StudySettings, fraction: float):
+    """The sweep's best budget for ``fraction`` (ties go to the smaller budget), or None while
+    a sweep run of that fraction is missing."""
+    sweep = [run for run in sweep_runs(settings) if run.fraction == fraction]
+    if any(run.name not in records for run in sweep):
+        return None
+    return max(sweep, key=lambda run: (records[run.name]["top_1"], -run.multiplier)).multiplier
+
+
+def teacher_module(settings: StudySettings, fraction: float) -> str:
+    return os.path.join(
+        settings.record_dir, "modules", f"finetune_{percent(fraction)}_seed{settings.seeds[0]}"
+    )
+
+
+def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
+    """Every run known so far, in an order that satisfies dependencies; the supervised runs of
+    the later seeds appear once their fraction's sweep is recorded."""
+    runs = []
+    if not settings.encoder:
+        runs.append(
+            Run(
+                "pretrain",
+                "pretrain",
+                1.0,
+                0,
+                (
+                    "--flagfile=flags/fashion_mnist/pretrain.flags",
+                    f"--train_epochs={settings.pretrain_epochs:g}",
+                ),
+            )
+        )
+    runs += [Run(f"probe_{encoder}", "probe", 1.0, 0, ()) for encoder in PROBE_ENCODERS]
     for seed in settings.seeds:
         for fraction, epochs in FINETUNE_EPOCHS.items():
             runs.append(
@@ -131,50 +174,30 @@ def plan(settings: StudySettings) -> list[Run]:
                     seed,
                     (
                         f"--flagfile=flags/fashion_mnist/finetune_{percent(fraction)}.flags",
-                        f"--checkpoint={pretrain}",
+                        f"--checkpoint={settings.encoder_source}",
                         f"--seed={seed}",
                         f"--train_epochs={epochs:g}",
                         f"--checkpoint_epochs={epochs:g}",
-                        *common,
                     ),
                 )
             )
-    for fraction, epochs in LINEAR_EPOCHS.items():
-        runs.append(
-            Run(
-                f"linear_{percent(fraction)}",
-                "linear",
-                fraction,
-                0,
-                (
-                    "--flagfile=flags/fashion_mnist/linear_eval.flags",
-                    f"--checkpoint={pretrain}",
-                    f"--label_fraction={fraction:g}",
-                    f"--train_epochs={epochs:g}",
-                    f"--checkpoint_epochs={epochs:g}",
-                    *common,
-                ),
-            )
-        )
-    teacher_seed = settings.seeds[0]
-    for fraction in FINETUNE_EPOCHS:
-        teacher = os.path.join(settings.run_dir, f"finetune_{percent(fraction)}_seed{teacher_seed}")
+    for fraction in SEMI_SUPERVISED:
         distill = (
             "--flagfile=flags/fashion_mnist/distill.flags",
-            f"--teacher={teacher}",
+            f"--teacher={teacher_module(settings, fraction)}",
             f"--label_fraction={fraction:g}",
-            f"--seed={teacher_seed}",
+            f"--seed={settings.seeds[0]}",
+            f"--distill_alpha={settings.distill_alpha:g}",
             f"--train_epochs={settings.distill_epochs:g}",
-            f"--checkpoint_epochs={settings.distill_epochs:g}",
-            *common,
+            f"--checkpoint_epochs={settings.distill_epochs / 5:g}",
         )
         runs.append(
             Run(
                 f"self_distill_{percent(fraction)}",
                 "self_distill",
                 fraction,
-                teacher_seed,
-                (*distill, f"--checkpoint={pretrain}"),
+                settings.seeds[0],
+                (*distill, f"--checkpoint={settings.encoder_source}"),
             )
         )
         runs.append(
@@ -182,43 +205,62 @@ def plan(settings: StudySettings) -> list[Run]:
                 f"distill_small_{percent(fraction)}",
                 "distill_small",
                 fraction,
-                teacher_seed,
+                settings.seeds[0],
                 (*distill, f"--width_multiplier={STUDENT_WIDTH:g}"),
             )
         )
-    for seed in settings.seeds:  # seed-major: a cut-short study still has whole seeds
-        for fraction in FRACTIONS:
-            epochs = supervised_epochs(settings, fraction)
-            runs.append(
-                Run(
-                    f"supervised_{percent(fraction)}_seed{seed}",
-                    "supervised",
-                    fraction,
-                    seed,
-                    (
-                        f"--flagfile=flags/fashion_mnist/supervised_{percent(fraction)}.flags",
-                        f"--seed={seed}",
-                        f"--train_epochs={epochs:g}",
-                        f"--checkpoint_epochs={epochs / 4:g}",
-                        *common,
-                    ),
-                )
-            )
+    runs += sweep_runs(settings)
+    for fraction in FRACTIONS:
+        multiplier = best_multiplier(records, settings, fraction)
+        if multiplier is None:
+            continue
+        for seed in settings.seeds[1:]:
+            name = f"supervised_{percent(fraction)}_seed{seed}"
+            runs.append(supervised_run(fraction, seed, multiplier, name))
     return runs
 
 
+ENCODER_DEPENDENT = ("finetune", "self_distill", "distill_small")
+
+
+def encoder_fingerprint(settings: StudySettings) -> str:
+    """What identifies the encoder: the bytes of a given module's variables, or the flags of
+    the study's own pretraining run."""
+    digest = hashlib.sha256()
+    if not settings.encoder:
+        digest.update(json.dumps([settings.pretrain_epochs, settings.extra_flags]).encode())
+        return digest.hexdigest()[:16]
+    variables = os.path.join(settings.encoder, "variables")
+    folder = variables if os.path.isdir(variables) else settings.encoder
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def inputs_of(run: Run, settings: StudySettings, encoder: str) -> str:
+    """A key of everything a run's result depends on: its flags, the flags added to every
+    run, and the encoder for the runs that start from it. A record with another key is stale."""
+    depends = run.method in ENCODER_DEPENDENT or run.name == "probe_simclr"
+    payload = [run.flags, settings.extra_flags, encoder if depends else ""]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
 def execute(run: Run, settings: StudySettings) -> dict:
-    """Run ``run`` unless a previous invocation finished it; return its ``study.json``."""
+    """Run ``run`` (a ``tf-simclr`` process, or a probe in process); its record."""
+    if run.method == "probe":
+        started = time.time()
+        record = {**dataclasses.asdict(run), **probe(run.name.removeprefix("probe_"), settings)}
+        record["seconds"] = time.time() - started
+        return record
     model_dir = os.path.join(settings.run_dir, run.name)
-    record_path = os.path.join(model_dir, "study.json")
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            return json.load(handle)
     command = [
         sys.executable,
         "-m",
         "tf_simclr.run",
         *run.flags,
+        "--keep_hub_module_max=1",
         f"--model_dir={model_dir}",
         *settings.extra_flags,
     ]
@@ -237,17 +279,162 @@ def execute(run: Run, settings: StudySettings) -> dict:
         "images_per_second": result["train"].get("images_per_second"),
         "command": shlex.join(command[2:]),
     }
-    with open(record_path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
+    if run.method == "finetune" and run.seed == settings.seeds[0]:
+        keep_module(model_dir, teacher_module(settings, run.fraction))
     print(f"    top-1 {record['top_1']:.4f} in {record['seconds']:.0f} s", flush=True)
     return record
 
 
+def keep_module(model_dir: str, destination: str) -> None:
+    """Copy the run's newest hub module to ``destination`` (a teacher the study needs later)."""
+    hub_dir = os.path.join(model_dir, "hub")
+    newest = max(os.listdir(hub_dir), key=int)
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(os.path.join(hub_dir, newest), destination)
+
+
+def write_record(record: dict, settings: StudySettings) -> dict:
+    os.makedirs(settings.record_dir, exist_ok=True)
+    path = os.path.join(settings.record_dir, f"{record['name']}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    return record
+
+
+def read_records(settings: StudySettings) -> dict[str, dict]:
+    records = {}
+    if os.path.isdir(settings.record_dir):
+        for name in sorted(os.listdir(settings.record_dir)):
+            if name.endswith(".json"):
+                with open(os.path.join(settings.record_dir, name), encoding="utf-8") as handle:
+                    record = json.load(handle)
+                if isinstance(record, dict) and "name" in record:  # not results.json
+                    records[record["name"]] = record
+    return records
+
+
+def probe(encoder: str, settings: StudySettings) -> dict:
+    """kNN and converged linear-probe accuracy of ``encoder`` ("pixels", "random" or "simclr")
+    features, on the recipes' data (``extra_flags`` may change it, e.g. to synthetic images)."""
+    print(f"\n=== probe of {PROBE_LABELS[encoder]}", flush=True)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras
+    from absl import flags
+
+    from tf_simclr import run as binary
+    from tf_simclr.data import build_dataset, load_source
+    from tf_simclr.data.subsets import select_subset
+    from tf_simclr.models import SimCLRModel
+    from tf_simclr.training import evaluate, linear_probe
+    from tf_simclr.training.runner import restore_weights
+
+    values = flags.FlagValues()
+    binary.define_flags(values)
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # recipes include flags/fashion_mnist/common.flags by relative path
+    try:
+        values(
+            [
+                "study",
+                "--flagfile=flags/fashion_mnist/pretrain.flags",
+                "--model_dir=unused",
+                "--precision=float32",
+                *settings.extra_flags,
+            ]
+        )
+        config = binary.configs_from_flags(values.flag_values_dict())
+    finally:
+        os.chdir(cwd)
+    data, train = config.data, config.train
+
+    def split(name: str, limit: int | None = None):
+        source, info = load_source(data.dataset, split=name, data_dir=data.data_dir)
+        count = info.num_examples if limit is None else min(limit, info.num_examples)
+        batches = build_dataset(
+            source.take(count),
+            count,
+            phase="eval",
+            global_batch_size=train.eval_batch_size,
+            augment=config.augment,
+            training=False,
+        )
+        return batches, info.num_classes
+
+    if encoder == "pixels":
+
+        def features(dataset) -> tuple[np.ndarray, np.ndarray]:
+            pixels, labels = [], []
+            for batch in dataset:
+                images = tf.reduce_mean(batch["image"], axis=-1)
+                pixels.append(tf.reshape(images, [tf.shape(images)[0], -1]).numpy())
+                labels.append(batch["label"].numpy())
+            return np.concatenate(pixels), np.concatenate(labels)
+    else:
+        model_config = dataclasses.replace(config.model, num_classes=0)
+        if encoder == "simclr":
+            from tf_simclr import checkpoints
+
+            model_config = dataclasses.replace(
+                checkpoints.load_model_config(settings.encoder_source),
+                num_classes=0,
+                dtype_policy="float32",
+            )
+        tf_keras.utils.set_random_seed(data.seed)
+        model = SimCLRModel(model_config).build_for_size(config.augment.image_size)
+        if encoder == "simclr":
+            restore_weights(model, settings.encoder_source, include_supervised_head=False)
+
+        def features(dataset) -> tuple[np.ndarray, np.ndarray]:
+            values, labels = evaluate.extract_features(model, dataset, normalize=False)
+            return values.numpy(), labels.numpy()
+
+    bank, num_classes = split(data.train_split, train.knn_bank_size)
+    train_set, _ = split(data.train_split)
+    test_set, _ = split(data.eval_split)
+    bank_x, bank_y = features(bank)
+    train_x, train_y = features(train_set)
+    test_x, test_y = features(test_set)
+
+    def unit(x: np.ndarray) -> tf.Tensor:
+        return tf.math.l2_normalize(tf.constant(x, tf.float32), axis=-1)
+
+    result = {
+        "knn_top_1": evaluate.weighted_knn_accuracy(
+            unit(bank_x),
+            tf.constant(bank_y, tf.int32),
+            unit(test_x),
+            tf.constant(test_y, tf.int32),
+            num_classes,
+            k=train.knn_k,
+            temperature=train.knn_temperature,
+        ),
+        "feature_dim": int(train_x.shape[1]),
+        "linear": {},
+    }
+    for fraction in FRACTIONS:
+        chosen = select_subset(train_y, label_fraction=fraction, seed=data.seed)
+        outcome = linear_probe.linear_probe_accuracy(
+            train_x[chosen], train_y[chosen], test_x, test_y, num_classes
+        )
+        result["linear"][f"{fraction:g}"] = outcome["linear_top_1_accuracy"]
+    print(f"    kNN {result['knn_top_1']:.4f}, linear {result['linear']}", flush=True)
+    return result
+
+
 def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
     """Mean, sample standard deviation (ddof=1; 0 for one seed), count and summed wall time of
-    the top-1 accuracies of each (method, label fraction)."""
+    the top-1 accuracies of each (method, label fraction). Supervised sweep runs count only as
+    their fraction's best budget on the first seed."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for record in records:
+        if record["method"] in ("probe", "pretrain"):
+            continue
+        if _is_sweep(record):
+            sweep = [r for r in records if _is_sweep(r) and r["fraction"] == record["fraction"]]
+            if record is not max(sweep, key=lambda r: (r["top_1"], -r["multiplier"])):
+                continue
         groups.setdefault((record["method"], record["fraction"]), []).append(record)
     summary = {}
     for key, members in groups.items():
@@ -255,16 +442,113 @@ def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
         summary[key] = {
             "mean": float(accuracies.mean()),
             "std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+            "min": float(accuracies.min()),
+            "max": float(accuracies.max()),
             "count": len(accuracies),
             "seconds": float(sum(member["seconds"] for member in members)),
         }
     return summary
 
 
-def markdown_table(summary: dict, settings: StudySettings) -> str:
-    """Top-1 per method and label fraction as ``mean ± std (seeds)``, with budgets and times."""
-    header = "| method | 1% labels | 10% labels | 100% labels | wall time |"
-    lines = [header, "|---|---:|---:|---:|---:|"]
+def _is_sweep(record: dict) -> bool:
+    return record["method"] == "supervised" and "_x" in record["name"]
+
+
+def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets: ``(target, met or None when not measured yet, evidence)``."""
+    rows: list[tuple[str, bool | None, str]] = []
+    simclr, pixels = probes.get("simclr"), probes.get("pixels")
+    if simclr and pixels:
+        knn_ok = simclr["knn_top_1"] > pixels["knn_top_1"]
+        linear = simclr["linear"]["1"]
+        linear_ok = linear > pixels["linear"]["1"] and linear >= 0.88
+        rows.append(
+            (
+                "encoder beats raw pixels on kNN and linear eval (100%), linear >= 0.88",
+                knn_ok and linear_ok,
+                f"kNN {simclr['knn_top_1']:.4f} vs {pixels['knn_top_1']:.4f}; linear "
+                f"{simclr['linear']['1']:.4f} vs {pixels['linear']['1']:.4f}",
+            )
+        )
+    else:
+        rows.append(("encoder beats raw pixels (kNN, linear eval >= 0.88)", None, "not run"))
+
+    def entry(method: str, fraction: float):
+        return summary.get((method, fraction))
+
+    tuned, base = entry("finetune", 0.01), entry("supervised", 0.01)
+    if tuned and base:
+        rows.append(
+            (
+                "fine-tuning on 1% beats converged supervised 1% by >= 3 points, no overlap",
+                tuned["mean"] - base["mean"] >= 0.03 and tuned["min"] > base["max"],
+                f"{tuned['mean']:.4f} [{tuned['min']:.4f}, {tuned['max']:.4f}] vs "
+                f"{base['mean']:.4f} [{base['min']:.4f}, {base['max']:.4f}]",
+            )
+        )
+    else:
+        rows.append(("fine-tuning on 1% beats supervised 1% by >= 3 points", None, "not run"))
+    base10 = entry("supervised", 0.1)
+    best10 = max(
+        (e for e in (entry(m, 0.1) for m in ("finetune", "self_distill")) if e),
+        key=lambda e: e["mean"],
+        default=None,
+    )
+    if best10 and base10:
+        rows.append(
+            (
+                "fine-tuning or distillation on 10% beats converged supervised 10%",
+                best10["mean"] > base10["mean"],
+                f"{best10['mean']:.4f} vs {base10['mean']:.4f}",
+            )
+        )
+    else:
+        rows.append(("10% beats converged supervised 10%", None, "not run"))
+    full, distilled = entry("supervised", 1.0), entry("self_distill", 0.1)
+    if full and distilled:
+        rows.append(
+            (
+                "moonshot: 10% + distillation reaches supervised 100%",
+                distilled["mean"] >= full["mean"],
+                f"{distilled['mean']:.4f} vs {full['mean']:.4f} "
+                f"(gap {full['mean'] - distilled['mean']:+.4f})",
+            )
+        )
+    else:
+        rows.append(("moonshot: 10% + distillation reaches supervised 100%", None, "not run"))
+    kept = []
+    for fraction in SEMI_SUPERVISED:
+        student, teacher = entry("distill_small", fraction), entry("finetune", fraction)
+        if student and teacher:
+            kept.append(student["mean"] / teacher["mean"])
+    if kept:
+        rows.append(
+            (
+                "the smaller student keeps >= 95% of its teacher's accuracy",
+                min(kept) >= 0.95,
+                ", ".join(f"{value:.1%}" for value in kept),
+            )
+        )
+    else:
+        rows.append(("the smaller student keeps >= 95% of its teacher", None, "not run"))
+    return rows
+
+
+def markdown_table(records: list[dict], settings: StudySettings) -> str:
+    """The reference and encoder rows, the label-efficiency rows, the sweep and the targets."""
+    summary = summarize(records)
+    probes = {r["name"].removeprefix("probe_"): r for r in records if r["method"] == "probe"}
+    lines = [
+        "| features (fixed) | kNN | linear 1% | linear 10% | linear 100% |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for encoder, label in PROBE_LABELS.items():
+        if encoder in probes:
+            entry = probes[encoder]
+            cells = " | ".join(f"{entry['linear'][f'{f:g}']:.4f}" for f in FRACTIONS)
+            lines.append(f"| {label} | {entry['knn_top_1']:.4f} | {cells} |")
+    lines += ["", "| method | 1% labels | 10% labels | 100% labels | wall time |"]
+    lines.append("|---|---:|---:|---:|---:|")
     for method, label in METHODS.items():
         cells, seconds = [], 0.0
         for fraction in FRACTIONS:
@@ -276,42 +560,62 @@ def markdown_table(summary: dict, settings: StudySettings) -> str:
             spread = f" ± {entry['std']:.4f}" if entry["count"] > 1 else ""
             cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']})")
         lines.append(f"| {label} | {' | '.join(cells)} | {seconds / 60:.1f} min |")
-    pretrain = summary.get(("pretrain", 1.0))
-    if pretrain is not None:
-        lines.append(
-            f"| SimCLRv2 pretraining, kNN monitor (no labels) | | | {pretrain['mean']:.4f} (1) "
-            f"| {pretrain['seconds'] / 60:.1f} min |"
-        )
-    budgets = ", ".join(f"{f:.0%}: {supervised_epochs(settings, f):g} epochs" for f in FRACTIONS)
-    lines.append("")
-    lines.append(
-        f"Cells: top-1 on the 10,000 test images, mean ± sample standard deviation (number of "
-        f"seeds). Pretraining: {settings.pretrain_epochs:g} epochs; supervised budgets "
-        f"(same training images drawn as the SimCLRv2 row): {budgets}."
-    )
+    lines += ["", "Supervised budget sweep (seed 0, epochs over the labeled subset):", ""]
+    lines += ["| labels | " + " | ".join(f"{m:g}x" for m in settings.budget_multipliers) + " |"]
+    lines.append("|---|" + "---:|" * len(settings.budget_multipliers))
+    by_name = {record["name"]: record for record in records}
+    for fraction in FRACTIONS:
+        cells = []
+        for run in (r for r in sweep_runs(settings) if r.fraction == fraction):
+            record = by_name.get(run.name)
+            epochs = SUPERVISED_BASE_EPOCHS[fraction] * run.multiplier
+            cells.append(f"{record['top_1']:.4f} ({epochs:g} ep)" if record else "")
+        lines.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | status | measured |", "|---|---|---|"]
+    for text, met, evidence in targets(summary, probes):
+        status = "not run" if met is None else "**met**" if met else "**missed**"
+        lines.append(f"| {text} | {status} | {evidence} |")
+    encoder = settings.encoder or f"pretrained here, {settings.pretrain_epochs:g} epochs"
+    lines += [
+        "",
+        "Cells: top-1 on the 10,000 test images, mean ± sample standard deviation (number of "
+        f"seeds). Encoder: {encoder}. Distillation: {settings.distill_epochs:g} epochs, alpha "
+        f"{settings.distill_alpha:g}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, path: str) -> None:
-    """Accuracy against label fraction (log axis), one line per method, seed spread as bars."""
+def plot(records: list[dict], path: str) -> None:
+    """Accuracy against label fraction (log axis): one line per method, the seed spread as bars,
+    the fixed-feature linear probes dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
+    summary = summarize(records)
     figure, axes = pyplot.subplots(figsize=(10, 4.5))
     for method, label in METHODS.items():
         points = [(f, summary[(method, f)]) for f in FRACTIONS if (method, f) in summary]
-        if not points:
-            continue
-        axes.errorbar(
-            [100 * f for f, _ in points],
-            [entry["mean"] for _, entry in points],
-            yerr=[entry["std"] for _, entry in points],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        if points:
+            axes.errorbar(
+                [100 * f for f, _ in points],
+                [entry["mean"] for _, entry in points],
+                yerr=[entry["std"] for _, entry in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+    for record in records:
+        if record["method"] == "probe":
+            encoder = record["name"].removeprefix("probe_")
+            axes.plot(
+                [100 * f for f in FRACTIONS],
+                [record["linear"][f"{f:g}"] for f in FRACTIONS],
+                linestyle="--",
+                marker=".",
+                label=f"linear probe: {PROBE_LABELS[encoder]}",
+            )
     axes.set_xscale("log")
     axes.set_xticks([1, 10, 100], labels=["1%", "10%", "100%"])
     axes.set_xlabel("labeled fraction of the 60,000 training images")
@@ -324,36 +628,73 @@ def plot(summary: dict, path: str) -> None:
     pyplot.close(figure)
 
 
+def run_study(settings: StudySettings) -> list[dict]:
+    """Run every run whose record is missing or stale (the plan grows as sweeps finish);
+    return all records."""
+    records = read_records(settings)
+    encoder = encoder_fingerprint(settings)
+
+    def current(run: Run) -> bool:
+        return records.get(run.name, {}).get("inputs") == inputs_of(run, settings, encoder)
+
+    while True:
+        pending = [run for run in plan(settings, records) if not current(run)]
+        if not pending:
+            break
+        run = pending[0]
+        if run.name in records:
+            print(f"\n{run.name}: its record is stale (flags or encoder changed); rerunning")
+        record = execute(run, settings)
+        record["inputs"] = inputs_of(run, settings, encoder)
+        records[run.name] = write_record(record, settings)
+    names = [run.name for run in plan(settings, records)]
+    return [records[name] for name in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = StudySettings(run_dir="")
     parser.add_argument("--run_dir", default=os.path.join(REPO_ROOT, "study_run"))
-    parser.add_argument("--seeds", default=",".join(map(str, StudySettings.seeds)))
-    parser.add_argument("--pretrain_epochs", type=float, default=StudySettings.pretrain_epochs)
-    parser.add_argument("--distill_epochs", type=float, default=StudySettings.distill_epochs)
+    parser.add_argument("--record_dir", default=defaults.record_dir)
+    parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)))
+    parser.add_argument(
+        "--encoder",
+        default=RELEASED_ENCODER if os.path.isdir(RELEASED_ENCODER) else "",
+        help="Hub module or model_dir of the encoder; empty pretrains one.",
+    )
+    parser.add_argument("--pretrain_epochs", type=float, default=defaults.pretrain_epochs)
+    parser.add_argument(
+        "--budget_multipliers", default=",".join(f"{m:g}" for m in defaults.budget_multipliers)
+    )
+    parser.add_argument("--distill_epochs", type=float, default=defaults.distill_epochs)
+    parser.add_argument("--distill_alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
-    parser.add_argument("--table", default="", help="Markdown output (default: in run_dir).")
-    parser.add_argument("--plot", default="", help="PNG output (default: in run_dir).")
+    parser.add_argument("--table", default="", help="Markdown output (default: in record_dir).")
+    parser.add_argument("--plot", default="", help="PNG output (default: in record_dir).")
     args = parser.parse_args()
     settings = StudySettings(
         run_dir=os.path.abspath(args.run_dir),
+        record_dir=os.path.abspath(args.record_dir),
         seeds=tuple(int(seed) for seed in args.seeds.split(",")),
+        encoder=os.path.abspath(args.encoder) if args.encoder else "",
         pretrain_epochs=args.pretrain_epochs,
+        budget_multipliers=tuple(float(m) for m in args.budget_multipliers.split(",")),
         distill_epochs=args.distill_epochs,
+        distill_alpha=args.distill_alpha,
         extra_flags=tuple(shlex.split(args.extra_flags)),
     )
     started = time.time()
-    records = [execute(run, settings) for run in plan(settings)]
-    summary = summarize(records)
-    table = markdown_table(summary, settings)
+    records = run_study(settings)
+    table = markdown_table(records, settings)
     total = sum(record["seconds"] for record in records)
     table += f"Total wall time of the runs: {total / 60:.1f} min.\n"
-    table_path = args.table or os.path.join(settings.run_dir, "label_efficiency.md")
-    plot_path = args.plot or os.path.join(settings.run_dir, "label_efficiency.png")
+    table_path = args.table or os.path.join(settings.record_dir, "label_efficiency.md")
+    plot_path = args.plot or os.path.join(settings.record_dir, "label_efficiency.png")
     with open(table_path, "w", encoding="utf-8") as handle:
         handle.write(table)
-    with open(os.path.join(settings.run_dir, "results.json"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(settings.record_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(records, handle, indent=2)
-    plot(summary, plot_path)
+    plot(records, plot_path)
     print("\n" + table)
     print(f"this invocation: {time.time() - started:.0f} s; table {table_path}, plot {plot_path}")
 

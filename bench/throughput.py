@@ -143,7 +143,8 @@ def run_one(args: argparse.Namespace) -> dict:
         learning_rate=schedule,
     )
     if memory is not None:
-        functions.after_step = lambda batch: memory.after_step(strategy, model, batch)
+        functions.before_step = lambda batch: memory.before_step(strategy, model, batch)
+        functions.after_step = lambda batch: memory.after_step(strategy, batch)
     with strategy.scope():
         metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
     run_steps = loop.build_train_function(strategy, optimizer, functions, metrics, False)

@@ -5,6 +5,7 @@ finished runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -12,7 +13,13 @@ import subprocess
 import sys
 
 import pytest
-from binary_runs import REPO_ROOT, RUN_TIMEOUT_SECONDS, subprocess_env
+from binary_runs import (
+    REPO_ROOT,
+    RUN_TIMEOUT_SECONDS,
+    assert_succeeded,
+    run_binary,
+    subprocess_env,
+)
 
 SPEC = importlib.util.spec_from_file_location(
     "label_efficiency", REPO_ROOT / "bench" / "label_efficiency.py"
@@ -22,63 +29,174 @@ sys.modules[SPEC.name] = study  # dataclasses look their module up while the fil
 SPEC.loader.exec_module(study)
 
 
-def test_supervised_budget_equals_pretraining_plus_labeled_phase():
-    settings = study.StudySettings(run_dir="/unused", pretrain_epochs=5)
-    # (5 x 60,000 + 60 x 600) / 600, (5 x 60,000 + 20 x 6,000) / 6,000, 5 + 5 linear epochs.
-    assert study.supervised_epochs(settings, 0.01) == pytest.approx(560)
-    assert study.supervised_epochs(settings, 0.1) == pytest.approx(70)
-    assert study.supervised_epochs(settings, 1.0) == pytest.approx(10)
+def _sweep_records(settings, fraction, accuracies):
+    return {
+        run.name: {**study.dataclasses.asdict(run), "top_1": accuracy, "seconds": 1.0}
+        for run, accuracy in zip(
+            [r for r in study.sweep_runs(settings) if r.fraction == fraction],
+            accuracies,
+            strict=True,
+        )
+    }
+
+
+def test_sweep_picks_the_best_budget_for_the_other_seeds():
+    settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2))
+    sweep = study.sweep_runs(settings)
+    assert [(r.fraction, r.multiplier) for r in sweep] == [
+        (f, m) for f in study.FRACTIONS for m in (1, 2, 4)
+    ]
+    assert all(r.seed == 0 for r in sweep)
+    # No later-seed supervised run is planned before its fraction's sweep is complete.
+    names = [run.name for run in study.plan(settings, {})]
+    assert not any(name.startswith("supervised_1pct_seed") for name in names)
+
+    records = _sweep_records(settings, 0.01, [0.80, 0.83, 0.82])  # 2x is best
+    records |= _sweep_records(settings, 0.1, [0.88, 0.88, 0.87])  # a tie goes to 1x
+    planned = {run.name: run for run in study.plan(settings, records)}
+    for seed in (1, 2):
+        first = planned[f"supervised_1pct_seed{seed}"]
+        assert first.multiplier == 2 and f"--seed={seed}" in first.flags
+        epochs = 2 * study.SUPERVISED_BASE_EPOCHS[0.01]
+        assert f"--train_epochs={epochs:g}" in first.flags
+        assert planned[f"supervised_10pct_seed{seed}"].multiplier == 1
+        assert f"supervised_100pct_seed{seed}" not in planned  # its sweep has not run
+
+    summary = study.summarize(list(records.values()))
+    assert summary[("supervised", 0.01)]["mean"] == 0.83
+    assert summary[("supervised", 0.01)]["count"] == 1  # only the best budget counts
+    assert summary[("supervised", 0.1)]["mean"] == 0.88
 
 
 def test_plan_pairs_seeds_and_orders_dependencies():
-    settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2))
-    runs = study.plan(settings)
+    settings = study.StudySettings(run_dir="/study", record_dir="/records", seeds=(0, 1, 2))
+    runs = study.plan(settings, {})
     names = [run.name for run in runs]
     assert len(names) == len(set(names))
+    assert names[0] == "pretrain"
     by_method = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
-    assert len(by_method["supervised"]) == 9 and len(by_method["finetune"]) == 6
+    assert len(by_method["finetune"]) == 6 and len(by_method["probe"]) == 3
     for run in by_method["finetune"]:
-        twin = f"supervised_{study.percent(run.fraction)}_seed{run.seed}"
-        assert twin in names  # same seed, so the same label subset
-        assert f"--seed={run.seed}" in run.flags
-    for run in runs:  # every --teacher / --checkpoint folder is produced by an earlier run
-        for flag in run.flags:
-            if flag.startswith(("--teacher=", "--checkpoint=")):
-                source = flag.split("=", 1)[1].removeprefix("/study/")
-                assert names.index(source) < names.index(run.name)
-    small = [run for run in runs if run.method == "distill_small"]
+        assert "--checkpoint=/study/pretrain" in run.flags
+        twin = f"supervised_{study.percent(run.fraction)}_x1_seed0"
+        assert twin in names
+    for run in by_method["self_distill"] + by_method["distill_small"]:
+        teacher = next(f for f in run.flags if f.startswith("--teacher="))
+        assert teacher == f"--teacher=/records/modules/finetune_{study.percent(run.fraction)}_seed0"
+        assert names.index(f"finetune_{study.percent(run.fraction)}_seed0") < names.index(run.name)
+        assert f"--distill_alpha={settings.distill_alpha:g}" in run.flags
+    small = by_method["distill_small"]
     assert all(f"--width_multiplier={study.STUDENT_WIDTH:g}" in run.flags for run in small)
     assert not any(flag.startswith("--checkpoint=") for run in small for flag in run.flags)
+
+    # With a released encoder nothing is pretrained and everything starts from the module.
+    released = study.StudySettings(run_dir="/study", encoder="/pretrained/hub")
+    runs = study.plan(released, {})
+    assert "pretrain" not in [run.name for run in runs]
+    assert all("--checkpoint=/pretrained/hub" in r.flags for r in runs if r.method == "finetune")
+
+
+def test_a_record_is_stale_when_its_flags_or_encoder_change(tmp_path):
+    module = tmp_path / "module"
+    (module / "variables").mkdir(parents=True)
+    (module / "variables" / "variables.index").write_bytes(b"weights v1")
+    settings = study.StudySettings(run_dir="/study", encoder=str(module))
+    first = study.encoder_fingerprint(settings)
+    runs = {run.name: run for run in study.plan(settings, {})}
+    keys = {name: study.inputs_of(run, settings, first) for name, run in runs.items()}
+
+    (module / "variables" / "variables.index").write_bytes(b"weights v2")
+    second = study.encoder_fingerprint(settings)
+    assert second != first
+    changed = {
+        name for name, run in runs.items() if study.inputs_of(run, settings, second) != keys[name]
+    }
+    assert changed == {
+        name for name, run in runs.items() if run.method in study.ENCODER_DEPENDENT
+    } | {"probe_simclr"}
+    more_flags = dataclasses.replace(settings, extra_flags=("--train_steps=2",))
+    assert all(study.inputs_of(run, more_flags, first) != keys[name] for name, run in runs.items())
 
 
 def test_summary_matches_statistics_module():
     records = [
-        {"method": "finetune", "fraction": 0.01, "top_1": value, "seconds": 2.0}
-        for value in (0.81, 0.79, 0.805)
-    ] + [{"method": "linear", "fraction": 1.0, "top_1": 0.7, "seconds": 3.0}]
+        {
+            "name": f"finetune_1pct_seed{i}",
+            "method": "finetune",
+            "fraction": 0.01,
+            "top_1": value,
+            "seconds": 2.0,
+        }
+        for i, value in enumerate((0.81, 0.79, 0.805))
+    ]
     summary = study.summarize(records)
     entry = summary[("finetune", 0.01)]
     assert entry["mean"] == pytest.approx(statistics.mean([0.81, 0.79, 0.805]))
     assert entry["std"] == pytest.approx(statistics.stdev([0.81, 0.79, 0.805]))
     assert entry["count"] == 3 and entry["seconds"] == pytest.approx(6.0)
-    assert summary[("linear", 1.0)] == {"mean": 0.7, "std": 0.0, "count": 1, "seconds": 3.0}
+    assert (entry["min"], entry["max"]) == (0.79, 0.81)
+
+
+def _entry(mean, low, high):
+    return {"mean": mean, "min": low, "max": high, "std": 0.0, "count": 3, "seconds": 1.0}
+
+
+def test_targets_are_met_or_missed_by_their_definitions():
+    probes = {
+        "pixels": {"knn_top_1": 0.73, "linear": {"1": 0.845}},
+        "simclr": {"knn_top_1": 0.80, "linear": {"1": 0.87}},
+    }
+    summary = {
+        ("finetune", 0.01): _entry(0.85, 0.84, 0.86),
+        ("supervised", 0.01): _entry(0.81, 0.80, 0.835),
+        ("finetune", 0.1): _entry(0.90, 0.89, 0.91),
+        ("supervised", 0.1): _entry(0.89, 0.88, 0.90),
+        ("self_distill", 0.1): _entry(0.91, 0.90, 0.92),
+        ("supervised", 1.0): _entry(0.94, 0.93, 0.95),
+        ("distill_small", 0.01): _entry(0.82, 0.82, 0.82),
+        ("distill_small", 0.1): _entry(0.87, 0.87, 0.87),
+    }
+    rows = study.targets(summary, probes)
+    # Linear 0.87 < 0.88; +4 points with 0.84 > 0.835; 0.91 > 0.89; 0.91 < 0.94; the small
+    # students keep 0.82 / 0.85 = 96.5% and 0.87 / 0.90 = 96.7%.
+    assert [ok for _, ok, _ in rows] == [False, True, True, False, True]
+    summary[("supervised", 0.01)] = _entry(0.83, 0.80, 0.845)  # overlapping, +2 points
+    assert study.targets(summary, probes)[1][1] is False
+    assert all(ok is None for _, ok, _ in study.targets({}, {}))
 
 
 TINY = (
     "--dataset=synthetic:size=28,count=1000,classes=10,test_count=100 --train_steps=2 "
-    "--steps_per_loop=1 --eval_batch_size=100 --knn_bank_size=200 --precision=float32"
+    "--steps_per_loop=1 --eval_batch_size=100 --knn_bank_size=200 --precision=float32 "
+    "--train_batch_size=32"
 )
 
 
 @pytest.mark.slow
-def test_tiny_study_writes_table_and_plot_and_resumes(tmp_path):
+def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tmp_path):
+    """Every row on synthetic images, two steps per run, from a "released" hub module made
+    by a two-step pretraining: no pretraining in the study; a rerun runs nothing; a dropped
+    record reruns only its run."""
+    pretrain = tmp_path / "pretrain"
+    made = run_binary(
+        pretrain,
+        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        *TINY.split(),
+        "--keep_hub_module_max=1",
+    )
+    assert_succeeded(made)
+    (encoder,) = (pretrain / "hub").iterdir()
+    records_dir = tmp_path / "records"
     command = [
         sys.executable,
         str(REPO_ROOT / "bench" / "label_efficiency.py"),
         f"--run_dir={tmp_path / 'study'}",
+        f"--record_dir={records_dir}",
+        f"--encoder={encoder}",
         "--seeds=0",
+        "--budget_multipliers=1",
         f"--extra_flags={TINY}",
         f"--table={tmp_path / 'table.md'}",
         f"--plot={tmp_path / 'plot.png'}",
@@ -96,18 +214,30 @@ def test_tiny_study_writes_table_and_plot_and_resumes(tmp_path):
         ).stdout
 
     first = run_study()
-    records = json.loads((tmp_path / "study" / "results.json").read_text())
-    assert len(records) == len(study.plan(study.StudySettings(run_dir="", seeds=(0,))))
-    assert all(0.0 <= record["top_1"] <= 1.0 for record in records)
+    records = json.loads((records_dir / "results.json").read_text())
+    settings = study.StudySettings(
+        run_dir="", seeds=(0,), encoder=str(encoder), budget_multipliers=(1,)
+    )
+    assert [r["name"] for r in records] == [run.name for run in study.plan(settings, {})]
+    assert "=== pretrain:" not in first
+    for record in records:
+        if record["method"] == "probe":
+            assert 0.0 <= record["knn_top_1"] <= 1.0
+            assert set(record["linear"]) == {"0.01", "0.1", "1"}
+        else:
+            assert 0.0 <= record["top_1"] <= 1.0
+    dims = {r["name"]: r["feature_dim"] for r in records if r["method"] == "probe"}
+    assert dims == {"probe_pixels": 28 * 28, "probe_random": 128, "probe_simclr": 128}
+    assert (records_dir / "modules" / "finetune_1pct_seed0" / "saved_model.pb").exists()
     table = (tmp_path / "table.md").read_text()
-    for label in study.METHODS.values():
+    for label in [*study.METHODS.values(), *study.PROBE_LABELS.values()]:
         assert f"| {label} |" in table
+    assert table.count("| **met** |") + table.count("| **missed** |") == 5
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert first.count("\n=== ") == len(records)
 
     # A second invocation runs nothing; dropping one run's record reruns only that run.
     assert "\n=== " not in run_study()
-    (tmp_path / "study" / "linear_100pct" / "study.json").unlink()
+    (records_dir / "distill_small_10pct.json").unlink()
     rerun = run_study()
-    assert rerun.count("\n=== ") == 1 and "=== linear_100pct:" in rerun
-    assert (tmp_path / "table.md").read_text().splitlines()[:3] == table.splitlines()[:3]
+    assert rerun.count("\n=== ") == 1 and "=== distill_small_10pct:" in rerun

@@ -23,6 +23,7 @@ def contrastive_loss(
     loss_scale: str = "reference",
     memory: tf.Tensor | None = None,
     memory_mask: tf.Tensor | None = None,
+    targets: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR eq. 1.
 
@@ -40,10 +41,14 @@ def contrastive_loss(
     the paper's ``L``. The choice scales the loss and its gradients by 2; the paper's learning
     rates (0.3 x batch / 256 with LARS) were tuned with the reference scale.
 
-    Memory of negatives (SimCLRv2 section 2, after MoCo): ``memory`` ``[M, d]`` holds earlier
-    projections of a moving-average network; every anchor of both directions gets all of them
-    as extra negatives after its ``2G - 2`` in-batch ones. ``memory_mask`` ``[M]`` (1 = use the
-    row) leaves out rows not filled yet. With ``hidden_norm`` the memory is L2-normalised too.
+    Memory of negatives (SimCLRv2 section 2, after MoCo): ``targets`` ``[2n, d]`` are the
+    moving-average memory network's projections of the same views, laid out like ``hidden``;
+    the anchors (``hidden``) are then contrasted with the targets of the global batch instead of
+    with each other (positive: the other view's target; negatives: the ``2G - 2`` targets of
+    the other images; the anchor's own-view target is left out), and no gradient flows into the
+    targets. ``memory`` ``[M, d]`` holds targets of earlier batches; every anchor of both
+    directions gets all of them as extra negatives. ``memory_mask`` ``[M]`` (1 = use the row)
+    leaves out rows not filled yet. With ``hidden_norm`` targets and memory are L2-normalised.
 
     Args:
         hidden: ``[2n, d]`` projections of both views (any float dtype; computed in float32).
@@ -52,6 +57,7 @@ def contrastive_loss(
         strategy: gather negatives across the replicas of this strategy (call inside its ``run``).
         loss_scale: ``"reference"`` or ``"paper"`` (see above).
         memory: ``[M, d]`` extra negatives shared by every anchor (None: none).
+        targets: ``[2n, d]`` what the anchors are contrasted with (None: ``hidden`` itself).
         memory_mask: ``[M]`` weights in {0, 1} for the rows of ``memory`` (None: all used).
 
     Returns:
@@ -73,7 +79,14 @@ def contrastive_loss(
     hidden1, hidden2 = tf.split(hidden, 2, axis=0)
     local_batch = tf.shape(hidden1)[0]
 
-    hidden1_all, hidden2_all, first_index = _gather_views(hidden1, hidden2, strategy)
+    if targets is None:
+        target1, target2 = hidden1, hidden2
+    else:
+        targets = tf.stop_gradient(tf.cast(targets, tf.float32))
+        if hidden_norm:
+            targets = tf.math.l2_normalize(targets, axis=-1)
+        target1, target2 = tf.split(targets, 2, axis=0)
+    hidden1_all, hidden2_all, first_index = _gather_views(target1, target2, strategy)
     global_batch = tf.shape(hidden1_all)[0]
     positive_index = tf.range(local_batch) + first_index
     labels = tf.one_hot(positive_index, 2 * global_batch)

@@ -56,13 +56,18 @@ def evaluate_classifier(
 
 
 def extract_features(
-    model: keras.Model, dataset: tf.data.Dataset, endpoint: str = "final_avg_pool"
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    endpoint: str = "final_avg_pool",
+    normalize: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """L2-normalised ``endpoint`` features and labels of a batched ``{"image", "label"}`` set."""
+    """``endpoint`` features (L2-normalised unless ``normalize=False``) and labels of a batched
+    ``{"image", "label"}`` set."""
 
     @tf.function
     def features(images: tf.Tensor) -> tf.Tensor:
-        return tf.math.l2_normalize(model(images, training=False)[endpoint], axis=-1)
+        values = model(images, training=False)[endpoint]
+        return tf.math.l2_normalize(values, axis=-1) if normalize else values
 
     all_features, all_labels = [], []
     for batch in dataset:

@@ -52,8 +52,10 @@ class StepFunctions:
     ``variables`` are the variables to train. ``on_checkpoint`` runs before the first step of a
     fresh run and after every checkpoint with the current step (e.g. the kNN monitor) and
     returns extra scalars to log.
-    ``after_step`` runs in cross-replica context after every optimizer step with the step's
-    distributed batch (the memory of negatives follows the model and enqueues there);
+    ``before_step`` runs in cross-replica context before every step with the step's
+    distributed batch and returns per-replica entries added to it (the memory network follows
+    the model and projects the batch there); ``after_step`` runs after the optimizer step with
+    that batch (the memory enqueues there);
     ``checkpoint_objects`` are saved and restored with the model and optimizer.
     """
 
@@ -62,6 +64,7 @@ class StepFunctions:
     metric_names: tuple[str, ...]
     learning_rate: Callable[[tf.Tensor], tf.Tensor]
     on_checkpoint: Callable[[int], dict[str, float]] | None = None
+    before_step: Callable[[dict], dict] | None = None
     after_step: Callable[[dict], None] | None = None
     checkpoint_objects: dict[str, tf.Module] = dataclasses.field(default_factory=dict)
 
@@ -190,6 +193,8 @@ def build_train_function(
     def run_steps(iterator: Iterator, steps: tf.Tensor) -> None:
         for _ in tf.range(steps):
             batch = next(iterator)
+            if functions.before_step is not None:
+                batch = {**batch, **functions.before_step(batch)}
             strategy.run(replica_step, args=(batch,))
             if functions.after_step is not None:
                 functions.after_step(batch)

@@ -1,15 +1,23 @@
 """SimCLRv2's memory of negatives (arXiv 2006.10029 section 2, third change; MoCo, He et al.
 2020): a memory network whose weights are an exponential moving average of the online encoder
-and projection head, and a first-in-first-out queue of its past projections that NT-Xent uses
-as extra negatives.
+and projection head, and a first-in-first-out queue of its past projections.
 
-Per training step (see :meth:`NegativeMemory.after_step`): the loss reads the queue as it was
-before the step (:meth:`NegativeMemory.negatives`); after the optimizer update the memory network
-follows the online network, ``theta_m <- m theta_m + (1 - m) theta_online`` for every variable,
-batch-norm moving statistics included; then it projects the step's view-1 images in inference
-mode, the projections of all replicas are gathered, and they replace the oldest rows of the
-queue. Every replica holds the same queue. The queue, its row counter and the memory network
-are checkpointed with the model.
+As in MoCo, and as the SimCLRv2 authors describe their unreleased code ("the contrasting
+examples are from momentum encoder from current and past batches", google-research/simclr
+issue #115), the online projections of a step are contrasted with the memory network's
+projections: of the current batch (the positive and the in-batch negatives) and of earlier
+batches (the queue). Contrasting online anchors with each other and adding the queue as extra
+negatives, the other reading of the paper, was measured here to fail: nothing ties the online
+network to the memory network, so it runs away from the queue (same-image cosine between the
+two networks 0.21 after 6 epochs, kNN 0.70 instead of 0.78; BENCHMARKS.md).
+
+Per training step: :meth:`NegativeMemory.before_step` moves the memory network towards the
+online one, ``theta_m <- m theta_m + (1 - m) theta_online`` for every variable, batch-norm
+moving statistics included, and projects both views in inference mode; the loss reads the
+queue as it was before the step (:meth:`NegativeMemory.negatives`); after the optimizer update
+:meth:`NegativeMemory.after_step` gathers the view-1 projections of all replicas and writes them
+over the oldest rows of the queue. Every replica holds the same queue. The queue, its row
+counter and the memory network are checkpointed with the model.
 """
 
 from __future__ import annotations
@@ -109,14 +117,10 @@ class NegativeMemory(tf.Module):
             strategy.extended.update(mine, update, args=(theirs,))
 
     def project(self, images: tf.Tensor) -> tf.Tensor:
-        """The memory network's projections of the global batch (replica context): this
-        replica's images, gathered in replica order from every replica."""
+        """The memory network's projections of this replica's ``images`` (inference mode)."""
         hidden = self.network(images, training=False)["proj_head_output"]
         if self._hidden_norm:
             hidden = tf.math.l2_normalize(hidden, axis=-1)
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            hidden = context.all_gather(hidden, axis=0)
         return hidden
 
     def enqueue(self, projections: tf.Tensor) -> None:
@@ -129,10 +133,27 @@ class NegativeMemory(tf.Module):
         self.queue.assign(updated)
         self.count.assign_add(rows)
 
-    def after_step(
+    def before_step(
         self, strategy: tf.distribute.Strategy, online: SimCLRModel, batch: dict
-    ) -> None:
-        """After the optimizer step (cross-replica context): follow, project view 1, enqueue."""
+    ) -> dict:
+        """Before the optimizer step (cross-replica context): follow the online network, then
+        project both views; returns ``{"memory_view1", "memory_view2"}`` per replica."""
         self.follow(strategy, online)
-        gathered = strategy.run(self.project, args=(batch["view1"],))
+
+        def project(views: dict) -> dict:
+            return {f"memory_{name}": self.project(views[name]) for name in ("view1", "view2")}
+
+        return strategy.run(project, args=({k: batch[k] for k in ("view1", "view2")},))
+
+    def after_step(self, strategy: tf.distribute.Strategy, batch: dict) -> None:
+        """After the optimizer step (cross-replica context): the view-1 projections of the
+        global batch, gathered in replica order, enter the queue."""
+
+        def gather(local: tf.Tensor) -> tf.Tensor:
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                return context.all_gather(local, axis=0)
+            return local
+
+        gathered = strategy.run(gather, args=(batch["memory_view1"],))
         self.enqueue(strategy.experimental_local_results(gathered)[0])

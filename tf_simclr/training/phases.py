@@ -58,14 +58,18 @@ def pretrain_compute(
     linear_eval: bool,
     memory: NegativeMemory | None = None,
 ) -> Compute:
-    """NT-Xent on ``{"view1", "view2"}`` batches (+ linear evaluation on ``"label"``), with the
-    queued projections of ``memory`` as extra negatives when given. ``contrast_acc`` and
-    ``contrast_entropy`` always measure the in-batch negatives alone."""
+    """NT-Xent on ``{"view1", "view2"}`` batches (+ linear evaluation on ``"label"``). With a
+    ``memory`` the anchors are contrasted with the memory network's projections of the batch
+    (``{"memory_view1", "memory_view2"}``, added by its ``before_step``) and of earlier batches.
+    ``contrast_acc`` and ``contrast_entropy`` always measure the in-batch targets alone."""
 
     def compute(batch: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         images = tf.concat([batch["view1"], batch["view2"]], axis=0)
         outputs = model(images, training=True)
-        negatives, mask = memory.negatives() if memory is not None else (None, None)
+        negatives, mask, targets = None, None, None
+        if memory is not None:
+            negatives, mask = memory.negatives()
+            targets = tf.concat([batch["memory_view1"], batch["memory_view2"]], axis=0)
         loss, logits, labels = contrastive_loss(
             outputs["proj_head_output"],
             temperature=loss_config.temperature,
@@ -74,6 +78,7 @@ def pretrain_compute(
             loss_scale=loss_config.loss_scale,
             memory=negatives,
             memory_mask=mask,
+            targets=targets,
         )
         scalars = {"contrast_loss": loss}
         if memory is None:

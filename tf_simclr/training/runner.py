@@ -185,7 +185,8 @@ class PhaseRunner:
             on_checkpoint=self._knn_monitor(model) if self._knn_enabled() else None,
         )
         if memory is not None:
-            functions.after_step = lambda batch: memory.after_step(strategy, model, batch)
+            functions.before_step = lambda batch: memory.before_step(strategy, model, batch)
+            functions.after_step = lambda batch: memory.after_step(strategy, batch)
             functions.checkpoint_objects["memory"] = memory
         phase = train.train_mode
 
