@@ -408,6 +408,7 @@ def run(config: RunConfig, strategy: tf.distribute.Strategy) -> dict:
     if runner.chief:
         payload = config.to_json()
         payload["model"] = dataclasses.asdict(runner.model_config)
+        payload["num_train_examples"] = runner.train_info.num_examples
         _write_json(os.path.join(train.model_dir, "config.json"), payload)
     result: dict = {"train_mode": train.train_mode}
     if train.mode in ("train", "train_then_eval"):
