@@ -88,7 +88,6 @@ def run_one(args: argparse.Namespace) -> dict:
     """Measure one configuration in this process (called in a child process)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
-    import tf_keras as keras
 
     from tf_simclr.training.strategy import configure_logical_cpus
 
@@ -132,22 +131,15 @@ def run_one(args: argparse.Namespace) -> dict:
                 image_size=image_size,
             )
     compute = phases.pretrain_compute(model, strategy, LossConfig(), OptimConfig(), True, memory)
-    names = ["total_loss", "weight_decay", "contrast_loss", "contrast_acc", "contrast_entropy"]
-    names += ["supervised_loss", "supervised_acc"]
-    if memory is not None:
-        names += ["memory_contrast_acc", "memory_fill"]
     functions = loop.StepFunctions(
         compute=compute,
         variables=lambda: model.trainable_variables,
-        metric_names=tuple(names),
         learning_rate=schedule,
     )
     if memory is not None:
         functions.before_step = lambda batch: memory.before_step(strategy, model, batch)
         functions.after_step = lambda batch: memory.after_step(strategy, batch)
-    with strategy.scope():
-        metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
-    run_steps = loop.build_train_function(strategy, optimizer, functions, metrics, False)
+    run_steps = loop.TrainFunction(strategy, optimizer, functions)
     count = max(args.batch * 4, 1024)
     source, info = load_source(f"synthetic:size={image_size},count={count},classes=10")
     augment = AugmentConfig(image_size=image_size, color_jitter_strength=0.5)
@@ -162,11 +154,10 @@ def run_one(args: argparse.Namespace) -> dict:
     )
     # "model only": one pre-augmented batch, captured once and repeated inside the step loop.
     iterator = iter(dataset) if args.pipeline else _repeat(next(iter(dataset)))
-    run_steps(iterator, tf.constant(args.warmup, tf.int32))
+    run_steps(iterator, args.warmup)
     start = time.perf_counter()
-    run_steps(iterator, tf.constant(args.steps, tf.int32))
+    losses = run_steps(iterator, args.steps)
     seconds = time.perf_counter() - start
-    losses = {name: float(metric.result()) for name, metric in metrics.items()}
     images_per_second = args.steps * args.batch / seconds
     per_view = forward_flops(model, 1, image_size)
     step_flops = 3 * per_view * 2 * images_per_second  # two views per source image
@@ -188,7 +179,7 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.profile:
         logdir = tempfile.mkdtemp(prefix="tf_simclr_profile_")
         tf.profiler.experimental.start(logdir)
-        run_steps(iterator, tf.constant(2, tf.int32))
+        run_steps(iterator, 2)
         tf.profiler.experimental.stop()
         result["op_breakdown"] = op_breakdown(logdir)
     if args.peak:

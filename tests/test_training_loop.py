@@ -212,7 +212,6 @@ def regression_setup(strategy, poison_step: int = 0):
     functions = loop.StepFunctions(
         compute=compute,
         variables=lambda: model.trainable_variables,
-        metric_names=("loss",),
         learning_rate=lambda step: tf.constant(LEARNING_RATE),
     )
     factory_calls = []

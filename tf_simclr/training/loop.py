@@ -48,7 +48,8 @@ class StepFunctions:
     """The per-replica pieces a phase provides to the loop.
 
     ``compute`` maps a batch to ``(loss, scalars)`` inside the gradient tape: ``loss`` is the
-    replica's mean total loss and ``scalars`` the values to log (each averaged over steps).
+    replica's mean total loss and ``scalars`` the values to log (each averaged over steps and
+    replicas; their names are the metrics' names).
     ``variables`` are the variables to train. ``on_checkpoint`` runs before the first step of a
     fresh run and after every checkpoint with the current step (e.g. the kNN monitor) and
     returns extra scalars to log.
@@ -61,7 +62,6 @@ class StepFunctions:
 
     compute: Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
     variables: Callable[[], list[tf.Variable]]
-    metric_names: tuple[str, ...]
     learning_rate: Callable[[tf.Tensor], tf.Tensor]
     on_checkpoint: Callable[[int], dict[str, float]] | None = None
     before_step: Callable[[dict], dict] | None = None
@@ -116,9 +116,7 @@ def train(
         if chief
         else tf.summary.create_noop_writer()
     )
-    with strategy.scope():
-        metrics = {name: keras.metrics.Mean(name) for name in functions.metric_names}
-    run_steps = build_train_function(strategy, optimizer, functions, metrics, settings.jit_compile)
+    run_steps = TrainFunction(strategy, optimizer, functions, settings.jit_compile)
     iterator = iterator_factory(start_step)
     step = start_step
     scalars: dict[str, float] = {}
@@ -132,12 +130,9 @@ def train(
         next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps
         count = min(settings.steps_per_loop, settings.total_steps - step, next_checkpoint - step)
         loop_start = time.time()
-        run_steps(iterator, tf.constant(count, tf.int32))
+        scalars = run_steps(iterator, count)
         step = int(optimizer.iterations.numpy())
         elapsed = max(time.time() - loop_start, 1e-9)
-        scalars = {name: float(metric.result().numpy()) for name, metric in metrics.items()}
-        for metric in metrics.values():
-            metric.reset_state()
         if not all(math.isfinite(value) for value in scalars.values()):
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} ({scalars}); stopped without saving, the last "
@@ -158,22 +153,42 @@ def train(
     return scalars
 
 
-def build_train_function(
-    strategy: tf.distribute.Strategy,
-    optimizer: keras.optimizers.Optimizer,
-    functions: StepFunctions,
-    metrics: dict[str, keras.metrics.Mean],
-    jit_compile: bool,
-) -> Callable:
-    """``steps`` training steps in one ``tf.function`` (the reference's multi-step loop)."""
-    num_replicas = strategy.num_replicas_in_sync
-    loss_scaling = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+class TrainFunction:
+    """``steps`` training steps in one ``tf.function`` (the reference's multi-step loop).
 
-    def gradients(batch: dict) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        variables = functions.variables()
+    Calling it runs the steps and returns the mean over them of every scalar that ``compute``
+    returned (each averaged over the replicas). The names are those of ``compute``'s scalars,
+    read when the function is traced: a phase lists its metrics in one place, its compute.
+    """
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        optimizer: keras.optimizers.Optimizer,
+        functions: StepFunctions,
+        jit_compile: bool = False,
+    ) -> None:
+        self._strategy = strategy
+        self._optimizer = optimizer
+        self._functions = functions
+        self.names: tuple[str, ...] = ()
+        gradients = self._gradients
+        self._compute_gradients = (
+            tf.function(gradients, jit_compile=True) if jit_compile else gradients
+        )
+        self._run_steps = tf.function(self._steps)
+
+    def __call__(self, iterator: Iterator, steps: int) -> dict[str, float]:
+        values = self._run_steps(iterator, tf.constant(steps, tf.int32)).numpy()
+        return dict(zip(self.names, (float(v) for v in values), strict=True))
+
+    def _gradients(self, batch: dict) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        optimizer = self._optimizer
+        loss_scaling = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+        variables = self._functions.variables()
         with tf.GradientTape() as tape:
-            loss, scalars = functions.compute(batch)
-            scaled = loss / num_replicas
+            loss, scalars = self._functions.compute(batch)
+            scaled = loss / self._strategy.num_replicas_in_sync
             if loss_scaling:
                 scaled = optimizer.get_scaled_loss(scaled)
         grads = tape.gradient(scaled, variables)
@@ -181,25 +196,28 @@ def build_train_function(
             grads = optimizer.get_unscaled_gradients(grads)
         return grads, scalars
 
-    compute_gradients = tf.function(gradients, jit_compile=True) if jit_compile else gradients
+    def _replica_step(self, batch: dict) -> tf.Tensor:
+        grads, scalars = self._compute_gradients(batch)
+        self._optimizer.apply_gradients(zip(grads, self._functions.variables(), strict=True))
+        self.names = tuple(sorted(scalars))
+        return tf.stack([tf.cast(scalars[name], tf.float32) for name in self.names])
 
-    def replica_step(batch: dict) -> None:
-        grads, scalars = compute_gradients(batch)
-        optimizer.apply_gradients(zip(grads, functions.variables(), strict=True))
-        for name, value in scalars.items():
-            metrics[name].update_state(value)
+    def _one_step(self, iterator: Iterator) -> tf.Tensor:
+        functions, strategy = self._functions, self._strategy
+        batch = next(iterator)
+        if functions.before_step is not None:
+            batch = {**batch, **functions.before_step(batch)}
+        values = strategy.run(self._replica_step, args=(batch,))
+        if functions.after_step is not None:
+            functions.after_step(batch)
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
 
-    @tf.function
-    def run_steps(iterator: Iterator, steps: tf.Tensor) -> None:
-        for _ in tf.range(steps):
-            batch = next(iterator)
-            if functions.before_step is not None:
-                batch = {**batch, **functions.before_step(batch)}
-            strategy.run(replica_step, args=(batch,))
-            if functions.after_step is not None:
-                functions.after_step(batch)
-
-    return run_steps
+    def _steps(self, iterator: Iterator, steps: tf.Tensor) -> tf.Tensor:
+        # The first step runs outside the loop: its scalars fix the loop's accumulator shape.
+        total = self._one_step(iterator)
+        for _ in tf.range(steps - 1):
+            total += self._one_step(iterator)
+        return total / tf.cast(steps, tf.float32)
 
 
 def _write_scalars(writer, scalars: dict[str, float], step: int) -> None:

@@ -180,7 +180,6 @@ class PhaseRunner:
         functions = loop.StepFunctions(
             compute=compute,
             variables=lambda: variables,
-            metric_names=self._metric_names(),
             learning_rate=schedule,
             on_checkpoint=self._knn_monitor(model) if self._knn_enabled() else None,
         )
@@ -286,23 +285,6 @@ class PhaseRunner:
         restore_weights(teacher, source, include_supervised_head=True)
         teacher.trainable = False
         return teacher
-
-    def _metric_names(self) -> tuple[str, ...]:
-        mode = self.config.train.train_mode
-        names = ["total_loss", "weight_decay"]
-        if mode == "pretrain":
-            names += ["contrast_loss", "contrast_acc", "contrast_entropy"]
-            if self.config.train.lineareval_while_pretraining:
-                names += ["supervised_loss", "supervised_acc"]
-            if self.config.memory.enabled:
-                names += ["memory_contrast_acc", "memory_fill"]
-        elif mode == "finetune":
-            names += ["supervised_loss", "supervised_acc"]
-        else:
-            names += ["distill_loss", "teacher_agreement"]
-            if self.config.loss.distill_alpha < 1.0:
-                names.append("supervised_loss")
-        return tuple(names)
 
     def _knn_enabled(self) -> bool:
         return self.config.train.train_mode == "pretrain" and self.config.train.knn_monitor
