@@ -12,7 +12,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tf_simclr", "tf_simclr.*", "export", "export.*"]),
+    packages=find_packages(include=["tf_simclr", "tf_simclr.*"]),
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
@@ -30,7 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "tf-simclr=tf_simclr.run:run_main",
-            "tf-simclr-export=export.export_hub:run_main",
+            "tf-simclr-export=tf_simclr.export_hub:run_main",
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""Tests of the TF-Hub module (tf_simclr.hub, export/export_hub.py) through every consumer path.
+"""Tests of the TF-Hub module (tf_simclr.hub, tf_simclr.export_hub) through every consumer path.
 
 One tiny model (ResNet-18, width 0.25, CIFAR stem, 16x16 images) is trained for a few steps under
 a two-replica MirroredStrategy with synchronised batch norm; the module exported from it must
@@ -24,8 +24,7 @@ import tensorflow_hub as hub
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
-from export import export_hub
-from tf_simclr import ModelConfig, SimCLRModel
+from tf_simclr import ModelConfig, SimCLRModel, export_hub
 from tf_simclr.hub import (
     export_to_model_dir,
     load_config_from_hub,
@@ -486,7 +485,7 @@ def test_export_to_model_dir_keeps_newest_modules(trained, tmp_path):
 def test_export_binary_turns_checkpoint_prefix_into_module(trained, tmp_path):
     out = str(tmp_path / "module")
     output = run_python(
-        "from export.export_hub import run_main; run_main()",
+        "from tf_simclr.export_hub import run_main; run_main()",
         f"--checkpoint={trained.prefix}",
         f"--export_dir={out}",
         "--include_supervised_head=false",

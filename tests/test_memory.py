@@ -287,7 +287,7 @@ def test_resumed_run_continues_with_the_same_queue_and_losses(memory_runs, tmp_p
 
 @pytest.mark.slow
 def test_memory_network_is_exported_as_the_hub_module(memory_runs, tmp_path):
-    from export.export_hub import export_checkpoint
+    from tf_simclr.export_hub import export_checkpoint
 
     run = memory_runs["memory"]
     images = tf.random.stateless_uniform([4, 16, 16, 3], seed=[1, 2])

@@ -1,8 +1,9 @@
 """tf-simclr-export: turn a training checkpoint into a TF-Hub module (``export/SIGNATURES.md``).
 
-Takes the model_dir of any phase (pretrain, finetune, distill), its ``ckpt/`` directory or one
-checkpoint prefix, rebuilds the model from the model_dir's ``config.json`` (key ``"model"``),
-checks that the checkpoint holds exactly that architecture, restores it and exports it::
+The console script ``tf-simclr-export`` (also ``python -m tf_simclr.export_hub``) takes the
+model_dir of any phase (pretrain, finetune, distill), its ``ckpt/`` directory or one checkpoint
+prefix, rebuilds the model from the model_dir's ``config.json`` (key ``"model"``), checks that
+the checkpoint holds exactly that architecture, restores it and exports it::
 
     tf-simclr-export --checkpoint=/tmp/simclr_run            # -> /tmp/simclr_run/hub/<step>/
     tf-simclr-export --checkpoint=/tmp/simclr_run/ckpt/ckpt-500 --export_dir=/tmp/module \\

@@ -1,0 +1,1 @@
+"""Training: the custom loop, the per-phase losses, evaluation, strategies and the phase runner."""
