@@ -1,12 +1,20 @@
-"""The binary's flags: invalid ones are rejected before any work (exit code 2, a message naming
-the flag, nothing written), a non-finite loss stops the run with exit code 3 and leaves the last
-good checkpoint as it was, and the speed flags (``--precision``, ``--jit_compile``) train."""
+"""The binary's flags: generated from the configuration dataclasses (the same names, defaults,
+help texts and choices), listed by group by ``--help``; invalid ones are rejected before any work
+(exit code 2, a message naming the flag, nothing written), a non-finite loss stops the run with
+exit code 3 and leaves the last good checkpoint as it was, and the speed flags (``--precision``,
+``--jit_compile``) train."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import os
+import re
 import shutil
+import subprocess
+import sys
+import typing
 
 import numpy as np
 import pytest
@@ -15,6 +23,7 @@ from absl import flags
 from binary_runs import (
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
+    REPO_ROOT,
     SMALL_MODEL,
     binary_command,
     checkpoint_steps,
@@ -28,14 +37,109 @@ from binary_runs import (
 )
 
 from tf_simclr import run
+from tf_simclr.config import (
+    CHOICES,
+    DTYPE_POLICIES,
+    HELP,
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
+    MemoryConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+
+def fresh_flags() -> flags.FlagValues:
+    """The binary's flags, defined on a fresh FlagValues."""
+    values = flags.FlagValues()
+    run.define_flags(values)
+    return values
 
 
 def parse(tmp_path, *argv: str):
     """Flags -> RunConfig exactly as the binary does it, on a fresh FlagValues."""
-    values = flags.FlagValues()
-    run.define_flags(values)
+    values = fresh_flags()
     values(["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
     return run.configs_from_flags(values.flag_values_dict())
+
+
+# The flags of tf-simclr before they were generated from the dataclasses (issue 13): recipes,
+# released flagfiles and the reference implementation's commands use these names.
+TODAYS_FLAGS = {
+    "augment_jit_compile", "batch_norm_decay", "cache_dataset", "checkpoint", "checkpoint_epochs",
+    "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength",
+    "crop_area_min", "data_dir", "dataset", "deterministic", "distill_alpha",
+    "distill_temperature", "eeta", "eval_batch_size", "eval_split", "eval_steps",
+    "eval_timeout_seconds", "export_memory_network", "fine_tune_after_block", "ft_proj_selector",
+    "global_bn", "hidden_norm", "hinton_tau_squared", "image_size", "jit_compile",
+    "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size", "knn_k", "knn_monitor",
+    "knn_temperature", "label_fraction", "label_smoothing", "labels_per_class",
+    "labels_subset_file", "learning_rate", "learning_rate_scaling",
+    "lineareval_while_pretraining", "logical_cpu_devices", "loss_scale", "memory_momentum",
+    "memory_size", "memory_warmup_steps", "mode", "model_dir", "momentum", "nesterov",
+    "num_proj_layers", "optimizer", "precision", "proj_head_mode", "proj_out_dim",
+    "resnet_depth", "se_ratio", "seed", "shuffle_buffer", "sk_ratio", "steps_per_loop",
+    "strategy", "teacher", "temperature", "tpu", "train_batch_size", "train_epochs",
+    "train_mode", "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay",
+    "width_multiplier", "zero_init_logits_layer",
+}  # fmt: skip
+NOT_CONFIG_FLAGS = {"strategy", "tpu", "logical_cpu_devices"}
+
+
+def test_the_flags_keep_todays_names():
+    assert set(fresh_flags()) == TODAYS_FLAGS
+    generated = [flag.name for flag in run.FLAG_SCHEMA.flags()]
+    assert len(generated) == len(set(generated))
+    assert set(generated) == TODAYS_FLAGS - NOT_CONFIG_FLAGS
+
+
+def test_every_field_is_a_flag_or_named_as_none():
+    reached = {(flag.config, flag.field.name) for flag in run.FLAG_SCHEMA.flags()}
+    for config in typing.get_type_hints(RunConfig).values():
+        hidden = run.FLAG_SCHEMA.not_flags.get(config, ())
+        names = {field.name for field in dataclasses.fields(config)}
+        assert set(hidden) <= names, (config, set(hidden) - names)
+        for name in names:
+            assert (name in hidden) != ((config, name) in reached), (config, name)
+
+
+def test_every_flag_default_help_and_choice_is_its_fields():
+    values = fresh_flags()
+    for flag in run.FLAG_SCHEMA.flags():
+        defined = values[flag.name]
+        assert defined.default == flag.default, flag.name
+        assert flag.field_value(defined.default) == flag.field.default, flag.name
+        assert flag.field.metadata[HELP] in defined.help, flag.name
+        choices = flag.field.metadata[CHOICES]
+        if flag.alias is not None and flag.alias.values is not None:
+            assert defined.parser.enum_values == list(flag.alias.values), flag.name
+            assert set(flag.alias.values.values()) == set(choices), flag.name
+        elif choices and isinstance(flag.default, str):
+            assert defined.parser.enum_values == list(choices), flag.name
+        elif choices:
+            assert all(str(choice) in defined.help for choice in choices), flag.name
+    assert values["precision"].default == "float32"
+    assert set(run.PRECISIONS.values()) == set(DTYPE_POLICIES)
+    assert values["crop_area_min"].default == AugmentConfig().crop_area_range[0]
+    assert values["checkpoint"].default == TrainConfig.init_checkpoint == ""
+    # The reference's default (sync BN across replicas), now the dataclass's too.
+    assert values["global_bn"].default is True and ModelConfig().global_bn is True
+
+
+def test_no_flags_give_the_dataclass_defaults(tmp_path):
+    config = parse(tmp_path)
+    assert config == RunConfig(
+        model=ModelConfig(),
+        train=TrainConfig(model_dir=str(tmp_path / "run")),
+        optim=OptimConfig(),
+        loss=LossConfig(),
+        augment=AugmentConfig(),
+        data=DataConfig(),
+        memory=MemoryConfig(),
+    )
 
 
 def existing_dir(tmp_path) -> str:
@@ -135,6 +239,132 @@ def test_good_flags_parse_into_the_configs(tmp_path):
     assert config.augment.image_size == 16 and config.augment.use_blur is False
     assert config.augment.augment_jit_compile is False
     assert config.augment.crop_area_range == (0.2, 1.0)
+
+
+# --help through both entry points, as a user runs them: ``python -m tf_simclr.run`` and the
+# ``tf-simclr`` console script (whose ``__main__`` is not tf_simclr.run). TF_CPP_MIN_LOG_LEVEL is
+# left unset, as a user leaves it: the binary then decides what TensorFlow's start-up prints.
+CONSOLE_SCRIPT = (
+    "import sys; sys.argv = ['tf-simclr', '{flag}']; from tf_simclr.run import run_main; run_main()"
+)
+HELP_COMMANDS = {
+    "module_helpshort": [sys.executable, "-m", "tf_simclr.run", "--helpshort"],
+    "script_helpshort": [sys.executable, "-c", CONSOLE_SCRIPT.format(flag="--helpshort")],
+    "script_help": [sys.executable, "-c", CONSOLE_SCRIPT.format(flag="--help")],
+}
+STARTUP_NOISE = (
+    "cuInit",
+    "cuda_platform.cc",
+    "cudart_stub.cc",
+    "cpu_feature_guard.cc",
+    "port.cc",
+    "absl::InitializeLog",
+)
+
+
+def user_environment() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")
+    }
+
+
+def run_child(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def startup_noise(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if any(text in line for text in STARTUP_NOISE)]
+
+
+def help_sections(stdout: str) -> dict[str, str]:
+    """The text under each ``tf-simclr <group>:`` heading of the help output."""
+    parts = re.split(r"^(tf-simclr [a-z ]+):$", stdout, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.fixture(scope="module")
+def help_outputs() -> dict[str, subprocess.CompletedProcess]:
+    return {name: run_child(command) for name, command in HELP_COMMANDS.items()}
+
+
+@pytest.mark.parametrize("case", list(HELP_COMMANDS))
+def test_help_lists_exactly_the_binarys_flags_by_group(help_outputs, case):
+    result = help_outputs[case]
+    assert result.returncode == 1, result.stderr  # as absl's own help flags
+    sections = help_sections(result.stdout)
+    schema = run.FLAG_SCHEMA
+    assert list(sections) == [schema.module_name(title) for title, _ in schema.groups]
+    listed = {
+        name
+        for text in sections.values()
+        for name in re.findall(r"^  --(?:\[no\])?(\w+)", text, flags=re.MULTILINE)
+    }
+    assert listed == TODAYS_FLAGS  # none of absl's or TensorFlow's own flags
+    assert "tensorflow" not in result.stdout and "absl." not in result.stdout
+    # Every flag in its group with its help text (absl wraps lines, also at hyphens).
+    squeezed = {title: "".join(text.split()) for title, text in sections.items()}
+    values = fresh_flags()
+    for flag in schema.flags():
+        help_text = "".join(values[flag.name].help.split())
+        assert help_text in squeezed[schema.module_name(flag.group)], flag.name
+    assert "--resnet_depth: ResNet depth. One of 18, 34, 50" in result.stdout
+    assert "--memory_size: Queued memory-network projections" in result.stdout
+    assert "--train_mode: <pretrain|finetune|distill>: Phase." in result.stdout
+    assert "--strategy: <default|mirrored|multi_worker|tpu>" in result.stdout
+    assert not startup_noise(result.stderr), result.stderr
+
+
+def test_helpfull_still_lists_every_flag():
+    result = run_child([sys.executable, "-m", "tf_simclr.run", "--helpfull"])
+    assert result.returncode == 1, result.stderr
+    for listed in ("--resnet_depth:", "--[no]helpshort:", "--verbosity:", "--flagfile:"):
+        assert listed in result.stdout
+    for title, _ in run.FLAG_SCHEMA.groups:
+        assert f"\n{run.FLAG_SCHEMA.module_name(title)}:\n" in result.stdout
+
+
+@pytest.mark.slow
+def test_tensorflow_starts_without_its_startup_logging(tmp_path):
+    # Rejected after TensorFlow started and listed its devices (where cuInit is called).
+    result = run_child(binary_command(f"--model_dir={tmp_path / 'run'}", "--dataset=imagenet_foo"))
+    assert result.returncode == 2, result.stderr
+    assert "invalid flags" in result.stderr
+    assert not startup_noise(result.stderr), result.stderr
+
+
+def test_startup_noise_filter_keeps_real_errors():
+    hidden = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796022474.321929   13054 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1796022474.322218   13054 cudart_stub.cc:31] Could not find cuda drivers on "
+        "your machine, GPU will not be used.",
+        "I0000 00:00:1796022474.366672   13054 cpu_feature_guard.cc:227] This TensorFlow binary "
+        "is optimized to use available CPU instructions in performance-critical operations.",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
+        "with the appropriate compiler flags.",
+        "E0000 00:00:1796022529.450039   13617 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        "W0000 00:00:1796022529.450039   13617 some_file.cc:1] a warning",
+    ]
+    kept = [
+        "E0000 00:00:1796022529.450039   13617 op_kernel.cc:1857] OP_REQUIRES failed: not found",
+        "F0000 00:00:1796022529.450039   13617 check.cc:1] Check failed: x == y",
+        "Traceback (most recent call last):",
+        "tf-simclr: invalid flags: --dataset='x' is not a known source",
+        "/path/module.py:3: UserWarning: something",
+    ]
+    assert all(run.is_startup_noise(line + "\n") for line in hidden)
+    assert not any(run.is_startup_noise(line + "\n") for line in kept)
 
 
 # Through the binary: exit code 2, the flag named on stderr, nothing written. All cases start

@@ -1,13 +1,22 @@
 """Configuration dataclasses: the only way library code is configured.
 
-Binaries (``tf_simclr/run.py``, ``export/``) turn absl flags into these frozen dataclasses; every
-library function takes them as arguments. Each class validates itself in ``__post_init__`` so that a
-bad combination fails before any work starts, with a message that says what to change.
+Binaries (``tf-simclr``, ``tf-simclr-export``) turn absl flags into these frozen dataclasses;
+every library function takes them as arguments. Each class validates itself in ``__post_init__``
+so that a bad combination fails before any work starts, with a message that says what to change.
+
+Every field is declared with :func:`setting`: its default, one line of help and, for a field
+restricted to a set of values, those choices. ``tf-simclr`` generates its flags from them
+(:mod:`tf_simclr.flag_schema`, issue 13), so each default, choice list and help text is written
+once, here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+HELP = "help"
+CHOICES = "choices"
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
@@ -17,6 +26,13 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def setting(default: object, help_text: str, choices: tuple = ()) -> Any:
+    """A dataclass field that documents itself: ``metadata[HELP]`` is ``help_text`` (one line, as
+    a flag's help) and ``metadata[CHOICES]`` the values the field accepts (empty: any value of
+    its type). ``__post_init__`` still validates; the choices are what a flag offers."""
+    return dataclasses.field(default=default, metadata={HELP: help_text, CHOICES: choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,26 +48,38 @@ class ModelConfig:
     ``final_avg_pool`` features are far from centred (mean squared norm ~260 for the Fashion-MNIST
     ResNet-18, one direction with ~190 of it) and make momentum SGD at the recipe's learning rate
     oscillate (the probe's loss climbed from 2.3 to 17 in 100 steps at LR 0.85).
+    ``global_bn`` is on by default, as in the reference implementation: batch-norm statistics
+    are those of the global batch, across replicas. With one replica the runner builds plain
+    batch norm instead (TensorFlow's faster fused kernel); code that builds a model on one
+    device itself can pass ``global_bn=False`` for the same.
     """
 
-    resnet_depth: int = 50
-    width_multiplier: float = 1.0
-    sk_ratio: float = 0.0
-    se_ratio: float = 0.0
-    cifar_stem: bool = False
-    batch_norm_decay: float = 0.9
-    batch_norm_epsilon: float = 1e-5
-    global_bn: bool = False
-    proj_head_mode: str = "nonlinear"
-    num_proj_layers: int = 3
-    proj_out_dim: int = 128
-    ft_proj_selector: int = 0
-    num_classes: int = 0
-    zero_init_logits_layer: bool = False
-    supervised_head_stop_gradient: bool = False
-    supervised_head_batch_norm: bool = False
-    fine_tune_after_block: int = -1
-    dtype_policy: str = "float32"
+    resnet_depth: int = setting(50, "ResNet depth.", RESNET_DEPTHS)
+    width_multiplier: float = setting(1.0, "ResNet width multiplier (e.g. 0.5, 1, 2, 3).")
+    sk_ratio: float = setting(0.0, "Selective-kernel ratio (0.0625 in the paper; 0 disables).")
+    se_ratio: float = setting(0.0, "Squeeze-excitation ratio (0 disables).")
+    cifar_stem: bool = setting(False, "3x3 stride-1 stem without max-pool (small images).")
+    batch_norm_decay: float = setting(0.9, "Batch-norm moving-average momentum.")
+    batch_norm_epsilon: float = setting(1e-5, "Batch-norm epsilon.")
+    global_bn: bool = setting(True, "Synchronise batch-norm statistics across replicas.")
+    proj_head_mode: str = setting(
+        "nonlinear", "Projection head: an MLP, one linear layer or none.", PROJ_HEAD_MODES
+    )
+    num_proj_layers: int = setting(3, "Layers of the non-linear projection head.")
+    proj_out_dim: int = setting(128, "Projection output dimension.")
+    ft_proj_selector: int = setting(0, "Head layer to fine-tune from (0 = encoder).")
+    num_classes: int = setting(0, "Classes of the supervised head (0: no supervised head).")
+    zero_init_logits_layer: bool = setting(False, "Zero-initialise the classifier.")
+    supervised_head_stop_gradient: bool = setting(
+        False, "Stop the gradient at the supervised head's input (on-line linear probe)."
+    )
+    supervised_head_batch_norm: bool = setting(
+        False, "Standardise the supervised head's input (parameter-free batch norm)."
+    )
+    fine_tune_after_block: int = setting(-1, "Freeze up to this block (4 = linear eval).")
+    dtype_policy: str = setting(
+        "float32", "Compute precision (Keras dtype policy; variables stay float32).", DTYPE_POLICIES
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -134,14 +162,16 @@ class OptimConfig:
     for the other optimizers; ``eeta`` is the LARS trust coefficient.
     """
 
-    optimizer: str = "lars"
-    learning_rate: float = 0.3
-    learning_rate_scaling: str = "linear"
-    momentum: float = 0.9
-    nesterov: bool = False
-    eeta: float = 0.001
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 10.0
+    optimizer: str = setting("lars", "Optimizer.", OPTIMIZERS)
+    learning_rate: float = setting(0.3, "Base learning rate (scaled by batch size).")
+    learning_rate_scaling: str = setting(
+        "linear", "Learning-rate scaling rule (batch / 256 or sqrt(batch)).", LEARNING_RATE_SCALINGS
+    )
+    momentum: float = setting(0.9, "Momentum of LARS / SGD.")
+    nesterov: bool = setting(False, "Nesterov momentum for LARS.")
+    eeta: float = setting(0.001, "LARS trust coefficient.")
+    weight_decay: float = setting(1e-6, "Weight decay (L2) coefficient.")
+    warmup_epochs: float = setting(10.0, "Linear warm-up epochs.")
 
     def __post_init__(self) -> None:
         _require(
@@ -184,13 +214,17 @@ class LossConfig:
     ``hinton_tau_squared`` multiplies the distillation loss by ``tau**2`` (Hinton et al. 2015).
     """
 
-    temperature: float = 0.1
-    hidden_norm: bool = True
-    loss_scale: str = "reference"
-    label_smoothing: float = 0.0
-    distill_temperature: float = 1.0
-    distill_alpha: float = 1.0
-    hinton_tau_squared: bool = False
+    temperature: float = setting(0.1, "NT-Xent temperature.")
+    hidden_norm: bool = setting(True, "L2-normalise projections in NT-Xent.")
+    loss_scale: str = setting(
+        "reference",
+        "NT-Xent scale: the reference implementation's, or the paper's eq. 1 (half of it).",
+        CONTRASTIVE_LOSS_SCALES,
+    )
+    label_smoothing: float = setting(0.0, "Label smoothing of the supervised loss.")
+    distill_temperature: float = setting(1.0, "Distillation temperature tau.")
+    distill_alpha: float = setting(1.0, "Weight of distillation vs labels (eq. 4).")
+    hinton_tau_squared: bool = setting(False, "Multiply the distillation loss by tau^2.")
 
     def __post_init__(self) -> None:
         _require(
@@ -226,10 +260,10 @@ class MemoryConfig:
     phase's hub module instead of the online one.
     """
 
-    memory_size: int = 0
-    memory_momentum: float = 0.999
-    memory_warmup_steps: int = 0
-    export_memory_network: bool = False
+    memory_size: int = setting(0, "Queued memory-network projections (0: no memory).")
+    memory_momentum: float = setting(0.999, "Moving-average momentum of the memory network.")
+    memory_warmup_steps: int = setting(0, "Steps before memory negatives enter the loss.")
+    export_memory_network: bool = setting(False, "Export the memory network, not the online one.")
 
     def __post_init__(self) -> None:
         _require(
@@ -269,29 +303,29 @@ class TrainConfig:
     ``teacher`` is the same for distillation. ``eval_steps == 0`` evaluates the whole split.
     """
 
-    train_mode: str = "pretrain"
-    mode: str = "train"
-    model_dir: str = ""
-    train_batch_size: int = 512
-    eval_batch_size: int = 256
-    train_epochs: float = 100.0
-    train_steps: int = 0
-    eval_steps: int = 0
-    steps_per_loop: int = 50
-    checkpoint_epochs: float = 1.0
-    checkpoint_steps: int = 0
-    keep_checkpoint_max: int = 5
-    keep_hub_module_max: int = 1
-    init_checkpoint: str = ""
-    teacher: str = ""
-    lineareval_while_pretraining: bool = True
-    knn_monitor: bool = True
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_bank_size: int = 10000
-    jit_compile: bool = False
-    export_hub: bool = True
-    eval_timeout_seconds: int = 0
+    train_mode: str = setting("pretrain", "Phase.", TRAIN_MODES)
+    mode: str = setting("train", "What to run.", RUN_MODES)
+    model_dir: str = setting("", "Where checkpoints, logs and exports go (required).")
+    train_batch_size: int = setting(512, "Global training batch (all replicas).")
+    eval_batch_size: int = setting(256, "Global evaluation batch.")
+    train_epochs: float = setting(100.0, "Training epochs (ignored if train_steps > 0).")
+    train_steps: int = setting(0, "Training steps; overrides train_epochs when > 0.")
+    eval_steps: int = setting(0, "Evaluation steps; 0 evaluates the whole split.")
+    steps_per_loop: int = setting(50, "Steps per tf.function call (and log line).")
+    checkpoint_epochs: float = setting(1.0, "Checkpoint every this many epochs.")
+    checkpoint_steps: int = setting(0, "Checkpoint every this many steps (overrides).")
+    keep_checkpoint_max: int = setting(5, "Checkpoints kept in model_dir/ckpt.")
+    keep_hub_module_max: int = setting(1, "Hub modules kept in model_dir/hub (0: none).")
+    init_checkpoint: str = setting("", "Initial weights: model_dir, checkpoint or hub module.")
+    teacher: str = setting("", "Distillation teacher: model_dir, checkpoint or hub module.")
+    lineareval_while_pretraining: bool = setting(True, "On-line linear eval (stop-grad).")
+    knn_monitor: bool = setting(True, "Weighted kNN accuracy at every pretrain checkpoint.")
+    knn_k: int = setting(200, "Neighbours of the kNN monitor.")
+    knn_temperature: float = setting(0.1, "Temperature of the kNN monitor's votes.")
+    knn_bank_size: int = setting(10000, "Training images in the kNN memory bank.")
+    jit_compile: bool = setting(False, "XLA-compile the step (good on GPU/TPU).")
+    export_hub: bool = setting(True, "Export a hub module with every checkpoint.")
+    eval_timeout_seconds: int = setting(0, "mode=eval: wait this long for new checkpoints.")
 
     def __post_init__(self) -> None:
         _require(
@@ -346,19 +380,27 @@ class AugmentConfig:
     independent of the training step's ``jit_compile``).
     """
 
-    image_size: int = 224
-    color_jitter_strength: float = 1.0
-    color_jitter_mode: str = "simclrv2"
-    use_blur: bool | None = None
-    crop_area_range: tuple[float, float] = (0.08, 1.0)
-    crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_probability: float = 0.5
-    color_jitter_probability: float = 0.8
-    grayscale_probability: float = 0.2
-    blur_probability: float = 0.5
-    blur_sigma_range: tuple[float, float] = (0.1, 2.0)
-    eval_crop_proportion: float = 0.875
-    augment_jit_compile: bool = True
+    image_size: int = setting(224, "Side of the (square) network input.")
+    color_jitter_strength: float = setting(1.0, "Colour distortion strength s.")
+    color_jitter_mode: str = setting(
+        "simclrv2", "Brightness multiplicative (v2) or additive (v1).", COLOR_JITTER_MODES
+    )
+    use_blur: bool | None = setting(None, "Gaussian blur (default: on above CIFAR sizes).")
+    crop_area_range: tuple[float, float] = setting(
+        (0.08, 1.0), "Area of a pretraining crop, as a fraction of the image: (low, high)."
+    )
+    crop_aspect_range: tuple[float, float] = setting(
+        (3 / 4, 4 / 3), "Aspect ratio of a pretraining crop: (low, high)."
+    )
+    flip_probability: float = setting(0.5, "Probability of a horizontal flip.")
+    color_jitter_probability: float = setting(0.8, "Probability of colour jitter.")
+    grayscale_probability: float = setting(0.2, "Probability of turning a view grey.")
+    blur_probability: float = setting(0.5, "Probability of blurring a view (blur on).")
+    blur_sigma_range: tuple[float, float] = setting(
+        (0.1, 2.0), "Standard deviation of the Gaussian blur: (low, high)."
+    )
+    eval_crop_proportion: float = setting(0.875, "Centre crop of evaluation images (side).")
+    augment_jit_compile: bool = setting(True, "XLA-compile the batched augmentations.")
 
     def __post_init__(self) -> None:
         _require(
@@ -431,17 +473,19 @@ class DataConfig:
     element order fixed so that a run is reproducible from ``seed``.
     """
 
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    cache_dataset: bool = False
-    shuffle_buffer: int = 0
-    seed: int = 0
-    deterministic: bool = False
-    label_fraction: float = 0.0
-    labels_per_class: int = 0
-    labels_subset_file: str = ""
+    dataset: str = setting(
+        "fashion_mnist", "fashion_mnist, synthetic[:opts], folder:PATH or tfds:NAME."
+    )
+    data_dir: str | None = setting(None, "Data directory (TFDS data_dir, IDX folder, ...).")
+    train_split: str = setting("train", "Training split (e.g. train, train[:10%]).")
+    eval_split: str = setting("test", "Evaluation split.")
+    cache_dataset: bool = setting(False, "Cache decoded images in memory.")
+    shuffle_buffer: int = setting(0, "Shuffle buffer (0: chosen from the batch).")
+    seed: int = setting(0, "Seed of data order, augmentation and label subsets.")
+    deterministic: bool = setting(False, "Reproducible data order and augmentation.")
+    label_fraction: float = setting(0.0, "Class-balanced fraction of labels (e.g. 0.01).")
+    labels_per_class: int = setting(0, "Labels per class (instead of a fraction).")
+    labels_subset_file: str = setting("", "File listing the labeled examples.")
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "dataset must be set, e.g. 'fashion_mnist'.")
@@ -467,3 +511,22 @@ class DataConfig:
     @property
     def uses_label_subset(self) -> bool:
         return bool(self.label_fraction or self.labels_per_class or self.labels_subset_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every configuration of one phase (what ``tf-simclr``'s flags turn into)."""
+
+    model: ModelConfig
+    train: TrainConfig
+    optim: OptimConfig
+    loss: LossConfig
+    augment: AugmentConfig
+    data: DataConfig
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+
+    def to_json(self) -> dict:
+        return {
+            field.name: dataclasses.asdict(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        }

@@ -17,15 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints, hub
-from tf_simclr.config import (
-    AugmentConfig,
-    DataConfig,
-    LossConfig,
-    MemoryConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-)
+from tf_simclr.config import ModelConfig, RunConfig
 from tf_simclr.data import (
     build_dataset,
     build_distributed_dataset,
@@ -39,25 +31,6 @@ from tf_simclr.training.memory import NegativeMemory
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Every configuration of one phase."""
-
-    model: ModelConfig
-    train: TrainConfig
-    optim: OptimConfig
-    loss: LossConfig
-    augment: AugmentConfig
-    data: DataConfig
-    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
-
-    def to_json(self) -> dict:
-        return {
-            field.name: dataclasses.asdict(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
 
 
 def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bool) -> None:
