@@ -324,11 +324,11 @@ def probe(encoder: str, settings: StudySettings) -> dict:
     from absl import flags
 
     from tf_simclr import run as binary
+    from tf_simclr.checkpoints import restore_weights
     from tf_simclr.data import build_dataset, load_source
     from tf_simclr.data.subsets import select_subset
     from tf_simclr.models import SimCLRModel
     from tf_simclr.training import evaluate, linear_probe
-    from tf_simclr.training.runner import restore_weights
 
     values = flags.FlagValues()
     binary.define_flags(values)

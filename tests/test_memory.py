@@ -27,8 +27,9 @@ from binary_runs import (
 )
 
 from tf_simclr import ModelConfig, SimCLRModel
-from tf_simclr.config import MemoryConfig
+from tf_simclr.config import LossConfig, MemoryConfig, OptimConfig
 from tf_simclr.objectives import contrastive_loss, memory_metrics
+from tf_simclr.training import phases
 from tf_simclr.training.memory import NegativeMemory
 
 QUEUE_KEY = "memory/queue/.ATTRIBUTES/VARIABLE_VALUE"
@@ -133,6 +134,31 @@ def _tiny_model() -> SimCLRModel:
         num_classes=3,
     )
     return SimCLRModel(config).build_for_size(8)
+
+
+def test_with_momentum_0_and_no_queue_the_loss_is_nt_xent():
+    """The memory network then is the online network at the step's start, projecting the same
+    batch with the same batch statistics: its targets are the online projections."""
+    online = _tiny_model()
+    config = MemoryConfig(memory_size=4, memory_momentum=0.0, memory_warmup_steps=10)
+    memory = NegativeMemory(online, config, global_batch_size=4, image_size=8)
+    for variable in online.trainable_variables:  # the memory must follow, not stay a copy
+        variable.assign(variable + 0.05)
+    views = tf.random.stateless_uniform([8, 8, 8, 3], seed=[4, 5])
+    batch = {"view1": views[:4], "view2": views[4:], "label": tf.constant([0, 1, 2, 0])}
+    strategy = tf.distribute.get_strategy()
+    batch.update(memory.before_step(strategy, online, batch))
+    loss_config, optim = LossConfig(temperature=0.2), OptimConfig(weight_decay=0.0)
+    with_memory = phases.pretrain_compute(
+        online, None, loss_config, optim, linear_eval=False, memory=memory
+    )
+    plain = phases.pretrain_compute(online, None, loss_config, optim, linear_eval=False)
+    _, scalars = with_memory(batch)
+    _, reference = plain(batch)
+    np.testing.assert_allclose(
+        float(scalars["contrast_loss"]), float(reference["contrast_loss"]), rtol=1e-5
+    )
+    assert float(scalars["memory_fill"]) == 0.0
 
 
 def test_queue_is_first_in_first_out_and_wraps_around():

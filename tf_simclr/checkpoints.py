@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tf_simclr import hub
 from tf_simclr.config import ModelConfig
+from tf_simclr.models import SimCLRModel
 
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILENAME = "config.json"
@@ -65,3 +66,30 @@ def load_model_config(source: str) -> ModelConfig:
         return hub.load_config_from_hub(source)
     _, model_dir = find_checkpoint(source)
     return read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
+
+
+def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bool) -> None:
+    """Load the encoder and projection head (and optionally the supervised head) of ``model``
+    from ``source``: a hub module, a model_dir or a checkpoint prefix. The source's
+    architecture is checked against ``model``'s first, with the same message for every kind."""
+    if is_hub_module(source):
+        parts = ["encoder", "projection_head"]
+        if include_supervised_head:
+            parts.append("supervised_head")
+        hub.restore_model_from_hub(
+            model, source, require_all_parts=include_supervised_head, parts=parts
+        )
+        return
+    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
+    if include_supervised_head and model.supervised_head is not None:
+        parts["supervised_head"] = model.supervised_head
+    prefix, model_dir = find_checkpoint(source)
+    saved = read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
+    mismatches = hub.architecture_mismatches(saved, model.config, parts)
+    if mismatches:
+        raise ValueError(
+            f"{source!r} holds a different architecture (saved vs requested): "
+            f"{'; '.join(mismatches)}; pass the same architecture flags as its run."
+        )
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(prefix)
+    status.expect_partial().assert_existing_objects_matched()

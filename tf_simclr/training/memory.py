@@ -6,18 +6,23 @@ As in MoCo, and as the SimCLRv2 authors describe their unreleased code ("the con
 examples are from momentum encoder from current and past batches", google-research/simclr
 issue #115), the online projections of a step are contrasted with the memory network's
 projections: of the current batch (the positive and the in-batch negatives) and of earlier
-batches (the queue). Contrasting online anchors with each other and adding the queue as extra
-negatives, the other reading of the paper, was measured here to fail: nothing ties the online
-network to the memory network, so it runs away from the queue (same-image cosine between the
-two networks 0.21 after 6 epochs, kNN 0.70 instead of 0.78; BENCHMARKS.md).
+batches (the queue). Two other readings were measured here and fail (BENCHMARKS.md, recipe
+grid): contrasting online anchors with each other with the queue as extra negatives lets the
+online network run away from the queue (kNN 0.67 after 10 epochs against 0.78 without memory);
+and projecting in inference mode gives targets the online network cannot match early on (its
+batch-norm moving statistics lag the weights), so nothing is learned (kNN at the random
+initialisation's level). The memory network therefore projects in training mode, with batch
+statistics over both views together, exactly like the online network (and synchronised across
+replicas when the online network is); MoCo's key encoder does the same.
 
 Per training step: :meth:`NegativeMemory.before_step` moves the memory network towards the
 online one, ``theta_m <- m theta_m + (1 - m) theta_online`` for every variable, batch-norm
-moving statistics included, and projects both views in inference mode; the loss reads the
-queue as it was before the step (:meth:`NegativeMemory.negatives`); after the optimizer update
+moving statistics included, and projects both views; the loss reads the queue as it was before
+the step (:meth:`NegativeMemory.negatives`); after the optimizer update
 :meth:`NegativeMemory.after_step` gathers the view-1 projections of all replicas and writes them
 over the oldest rows of the queue. Every replica holds the same queue. The queue, its row
-counter and the memory network are checkpointed with the model.
+counter and the memory network are checkpointed with the model. With momentum 0 and no queue
+the loss is NT-Xent itself (the targets are then the online projections, without gradient).
 """
 
 from __future__ import annotations
@@ -32,11 +37,9 @@ from tf_simclr.models import SimCLRModel
 
 
 def memory_network_config(online: SimCLRModel):
-    """The memory network's architecture: the online encoder and projection head, no
-    supervised head and plain batch norm (it only runs in inference mode)."""
-    return dataclasses.replace(
-        online.config, num_classes=0, global_bn=False, supervised_head_stop_gradient=False
-    )
+    """The memory network's architecture: the online encoder and projection head (batch norm
+    synchronised across replicas when the online network's is), no supervised head."""
+    return dataclasses.replace(online.config, num_classes=0, supervised_head_stop_gradient=False)
 
 
 class NegativeMemory(tf.Module):
@@ -70,7 +73,8 @@ class NegativeMemory(tf.Module):
         self._hidden_norm = hidden_norm
         self.network = SimCLRModel(memory_network_config(online), name="memory_network")
         self.network.build_for_size(image_size)
-        self.network.trainable = False
+        # Not marked untrainable: tf_keras would then run its batch norm in inference mode.
+        # No gradient reaches it (``project`` stops it) and the optimizer never sees it.
         width = self.network(tf.zeros([1, image_size, image_size, 3]))["proj_head_output"].shape[-1]
         self.queue = tf.Variable(
             tf.zeros([config.memory_size, width]), trainable=False, name="queue"
@@ -117,8 +121,9 @@ class NegativeMemory(tf.Module):
             strategy.extended.update(mine, update, args=(theirs,))
 
     def project(self, images: tf.Tensor) -> tf.Tensor:
-        """The memory network's projections of this replica's ``images`` (inference mode)."""
-        hidden = self.network(images, training=False)["proj_head_output"]
+        """The memory network's projections of this replica's ``images``: no gradient, batch
+        statistics as the online network computes them."""
+        hidden = tf.stop_gradient(self.network(images, training=True)["proj_head_output"])
         if self._hidden_norm:
             hidden = tf.math.l2_normalize(hidden, axis=-1)
         return hidden
@@ -137,11 +142,14 @@ class NegativeMemory(tf.Module):
         self, strategy: tf.distribute.Strategy, online: SimCLRModel, batch: dict
     ) -> dict:
         """Before the optimizer step (cross-replica context): follow the online network, then
-        project both views; returns ``{"memory_view1", "memory_view2"}`` per replica."""
+        project both views in one batch, as the online network sees them; returns
+        ``{"memory_view1", "memory_view2"}`` per replica."""
         self.follow(strategy, online)
 
         def project(views: dict) -> dict:
-            return {f"memory_{name}": self.project(views[name]) for name in ("view1", "view2")}
+            both = self.project(tf.concat([views["view1"], views["view2"]], axis=0))
+            first, second = tf.split(both, 2, axis=0)
+            return {"memory_view1": first, "memory_view2": second}
 
         return strategy.run(project, args=({k: batch[k] for k in ("view1", "view2")},))
 
