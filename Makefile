@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
+BAZEL_TEST_ARGS ?= --test_tag_filters=-slow
 
-.PHONY: demo test lint format fashion-mnist clean
+.PHONY: demo test lint format fashion-mnist bazel-test clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,16 @@ test: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# `bazel test //...` offline with Debian's bazel-bootstrap (Bazel 4.2; see README.md, "Bazel"):
+# the quick subset by default, every test with BAZEL_TEST_ARGS=.
+bazel-test: $(STAMP)
+	@if ! command -v bazel >/dev/null && command -v apt-get >/dev/null; then \
+		echo "installing Debian package bazel-bootstrap"; \
+		apt-get update -qq && apt-get install -y -qq bazel-bootstrap \
+			|| echo "could not install bazel-bootstrap; make bazel-test needs a bazel binary"; \
+	fi
+	bazel test $(BAZEL_TEST_ARGS) //...
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
