@@ -112,12 +112,42 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
     return record
 
 
+def markdown_table(record_dir: str) -> str:
+    """Every recorded run, best final kNN first: its flags, kNN after epochs 1, 5 and 10, the
+    best epoch and its speed."""
+    records = []
+    for name in sorted(os.listdir(record_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(record_dir, name), encoding="utf-8") as handle:
+                records.append(json.load(handle))
+    records.sort(key=lambda r: -(r["final_knn_top_1"] or 0.0))
+    lines = [
+        "| setting | flags | kNN ep 1 | kNN ep 5 | kNN ep 10 | best (epoch) | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        by_epoch = {round(p["epoch"]): p["knn_top_1"] for p in record["knn_by_epoch"]}
+        best = max(record["knn_by_epoch"], key=lambda p: p["knn_top_1"], default=None)
+        cells = [f"{by_epoch[e]:.4f}" if e in by_epoch else "" for e in (1, 5, 10)]
+        flags = " ".join(f"`{flag}`" for flag in record["flags"]) or "(the recipe)"
+        lines.append(
+            f"| {record['name']} | {flags} | {' | '.join(cells)} | "
+            + (f"{best['knn_top_1']:.4f} ({round(best['epoch'])})" if best else "")
+            + f" | {record['images_per_second_median'] or 0:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", default=os.path.join(REPO_ROOT, "grid_run"))
     parser.add_argument("--record_dir", default=RECORD_DIR)
     parser.add_argument("--only", default="", help="Comma-separated setting names.")
+    parser.add_argument("--table", action="store_true", help="Print the table; run nothing.")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.record_dir))
+        return
     names = args.only.split(",") if args.only else list(GRID)
     for name in names:
         run_setting(name, GRID[name], os.path.abspath(args.run_dir), args.record_dir)

@@ -25,11 +25,11 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tf_simclr import ModelConfig, SimCLRModel, export_hub
+from tf_simclr.checkpoints import restore_model_from_hub
 from tf_simclr.hub import (
     export_to_model_dir,
     load_config_from_hub,
     read_module_info,
-    restore_model_from_hub,
     save_hub_module,
 )
 from tf_simclr.objectives import weight_decay_loss

@@ -1,11 +1,17 @@
-"""What a finished phase left behind: its checkpoints (``MODEL_DIR/ckpt/``), the ModelConfig in
-its ``config.json``, or an exported TF-Hub module. Shared by the training binary (``--checkpoint``,
-``--teacher``, evaluation) and the export binary."""
+"""The one door for saved models: find what a phase left behind (``MODEL_DIR/ckpt/``
+checkpoints, the ModelConfig in its ``config.json``, an exported TF-Hub module), compare its
+architecture with a model's, and restore a ``SimCLRModel`` (or some of its parts) from it, with
+the same checks and the same messages for every kind of source. Used by the training binary
+(``--checkpoint``, ``--teacher``, evaluation) and the export binary; ``hub.py`` only writes and
+reads the SavedModels themselves.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 
 import tensorflow as tf
 
@@ -13,14 +19,42 @@ from tf_simclr import hub
 from tf_simclr.config import ModelConfig
 from tf_simclr.models import SimCLRModel
 
+logger = logging.getLogger("tf_simclr")
+
 CKPT_SUBDIR = "ckpt"
 CONFIG_FILENAME = "config.json"
 MODEL_KEY = "model"
+MEMORY_NETWORK_KEY = "memory/network"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+MAX_LISTED = 5
+# ModelConfig fields that decide the variables and the forward pass of each part.
+ARCHITECTURE_FIELDS = {
+    "encoder": (
+        "resnet_depth",
+        "width_multiplier",
+        "sk_ratio",
+        "se_ratio",
+        "cifar_stem",
+        "batch_norm_epsilon",
+    ),
+    "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim"),
+    "supervised_head": ("num_classes", "ft_proj_selector", "supervised_head_batch_norm"),
+}
 
 
 def is_hub_module(path: str) -> bool:
     """True for an exported TF-Hub module (a SavedModel directory)."""
     return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The step in a checkpoint prefix written by the loop (``.../ckpt/ckpt-<step>``)."""
+    return int(prefix.rsplit("-", 1)[1])
+
+
+def latest_checkpoint(model_dir: str) -> str | None:
+    """The newest checkpoint prefix in ``model_dir/ckpt`` (None before the first save)."""
+    return tf.train.latest_checkpoint(os.path.join(model_dir, CKPT_SUBDIR))
 
 
 def find_checkpoint(path: str) -> tuple[str, str]:
@@ -57,7 +91,7 @@ def read_model_config(config_path: str) -> ModelConfig:
         values = json.load(handle)
     if MODEL_KEY not in values:
         raise ValueError(f"{config_path} has no {MODEL_KEY!r} key holding the ModelConfig.")
-    return hub.model_config_from_dict(values[MODEL_KEY], config_path)
+    return ModelConfig.from_dict(values[MODEL_KEY], config_path)
 
 
 def load_model_config(source: str) -> ModelConfig:
@@ -68,28 +102,150 @@ def load_model_config(source: str) -> ModelConfig:
     return read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
 
 
+def architecture_mismatches(
+    expected: ModelConfig, actual: ModelConfig, parts: Iterable[str]
+) -> list[str]:
+    """``field: expected vs actual`` for every architecture field of ``parts`` that differs.
+
+    ``ft_proj_selector`` is compared as the head output it selects (-1 and N are the same).
+    """
+    mismatches = []
+    for part in parts:
+        for field in ARCHITECTURE_FIELDS[part]:
+            wanted, found = _architecture_value(expected, field), _architecture_value(actual, field)
+            if wanted != found:
+                mismatches.append(f"{field}: {wanted!r} vs {found!r}")
+    return mismatches
+
+
+def _architecture_value(config: ModelConfig, field: str) -> object:
+    if field == "ft_proj_selector":
+        return config.selected_head_output
+    return getattr(config, field)
+
+
+def _check(source: str, saved: ModelConfig, model: SimCLRModel, parts: Iterable[str]) -> None:
+    """The one architecture check of every restore: the message names each differing field."""
+    mismatches = architecture_mismatches(saved, model.config, parts)
+    if mismatches:
+        raise ValueError(
+            f"{source} holds a different architecture (saved vs requested): "
+            f"{'; '.join(mismatches)}. Build the model from the source's configuration "
+            "(tf_simclr.checkpoints.load_model_config), or leave out the mismatching part."
+        )
+
+
+def checkpoint_mismatches(model: SimCLRModel, prefix: str, root: str = MODEL_KEY) -> list[str]:
+    """Every way the model under ``root`` in the training checkpoint at ``prefix`` differs from
+    the built ``model``, variable by variable (shapes, missing, unexpected)."""
+    found = {
+        key[len(root) + 1 : -len(VALUE_SUFFIX)].replace("/", "."): tuple(shape)
+        for key, shape in tf.train.list_variables(prefix)
+        if key.startswith(root + "/") and key.endswith(VALUE_SUFFIX)
+    }
+    expected = {
+        path: tuple(variable.shape)
+        for path, variable in hub.variable_paths(model, hub.model_parts(model)).items()
+    }
+    problems = []
+    reshaped = sorted(
+        path for path in expected.keys() & found.keys() if expected[path] != found[path]
+    )
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    if reshaped:
+        listed = ", ".join(
+            f"{path} checkpoint {found[path]} vs config {expected[path]}"
+            for path in reshaped[:MAX_LISTED]
+        )
+        problems.append(f"{len(reshaped)} variables have other shapes ({listed})")
+    if missing:
+        problems.append(
+            f"{len(missing)} variables of the configured model are not in the checkpoint "
+            f"({', '.join(missing[:MAX_LISTED])})"
+        )
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} checkpoint variables have no place in the configured model "
+            f"({', '.join(unexpected[:MAX_LISTED])})"
+        )
+    return problems
+
+
+def restore_checkpoint(model: SimCLRModel, prefix: str, memory_network: bool = False) -> None:
+    """Restore the whole ``model`` from the training checkpoint ``prefix`` (with
+    ``memory_network``, the checkpoint's memory network), after checking every variable."""
+    root = MEMORY_NETWORK_KEY if memory_network else MODEL_KEY
+    problems = checkpoint_mismatches(model, prefix, root)
+    if problems:
+        raise ValueError(
+            f"the checkpoint {prefix} does not hold this architecture: {'; '.join(problems)}. "
+            "Build the model from the config.json of the run that wrote it"
+            + (" (a pretraining run with --memory_size)." if memory_network else ".")
+        )
+    if memory_network:
+        holder = tf.train.Checkpoint(memory=tf.train.Checkpoint(network=model))
+    else:
+        holder = tf.train.Checkpoint(model=model)
+    status = holder.restore(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+
+
+def restore_model_from_hub(
+    model: SimCLRModel,
+    path: str,
+    *,
+    require_all_parts: bool = False,
+    parts: Iterable[str] | None = None,
+) -> tuple[str, ...]:
+    """Load the module's weights into the built ``model``; returns the parts restored.
+
+    Parts the module has but the model has not are ignored; parts the model has but the module
+    has not keep their current values (logged), unless ``require_all_parts`` (e.g. a distillation
+    teacher), which raises instead. Works for models under any strategy. Raises ``ValueError``
+    naming every architecture field that differs between the module and the model. ``parts``
+    limits the restore to those parts (e.g. ``("encoder", "projection_head")`` to start
+    fine-tuning with a fresh classifier).
+    """
+    info = hub.read_module_info(path)
+    if not model.built:
+        raise ValueError(
+            "the model has no variables yet; build it first (model.build_for_size(...), inside "
+            "the strategy scope it trains under) so that the module's weights can be loaded."
+        )
+    available = tuple(part for part in hub.model_parts(model) if parts is None or part in parts)
+    missing = [part for part in available if part not in info.parts]
+    if require_all_parts and missing:
+        raise ValueError(
+            f"the hub module {path} has no {', '.join(missing)} (it holds "
+            f"{', '.join(info.parts)}); export it with the missing parts included."
+        )
+    restored = tuple(part for part in available if part in info.parts)
+    _check(f"the hub module {path}", info.config, model, restored)
+    hub.load_module_weights(model, path, restored)
+    if missing:
+        logger.info("Hub module %s has no %s; those keep their values.", path, ", ".join(missing))
+    logger.info("Restored %s from hub module %s", ", ".join(restored), path)
+    return restored
+
+
 def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bool) -> None:
     """Load the encoder and projection head (and optionally the supervised head) of ``model``
     from ``source``: a hub module, a model_dir or a checkpoint prefix. The source's
     architecture is checked against ``model``'s first, with the same message for every kind."""
+    parts = ["encoder", "projection_head"]
+    if include_supervised_head and model.supervised_head is not None:
+        parts.append("supervised_head")
     if is_hub_module(source):
-        parts = ["encoder", "projection_head"]
-        if include_supervised_head:
-            parts.append("supervised_head")
-        hub.restore_model_from_hub(
+        restore_model_from_hub(
             model, source, require_all_parts=include_supervised_head, parts=parts
         )
         return
-    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
-    if include_supervised_head and model.supervised_head is not None:
-        parts["supervised_head"] = model.supervised_head
     prefix, model_dir = find_checkpoint(source)
     saved = read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
-    mismatches = hub.architecture_mismatches(saved, model.config, parts)
-    if mismatches:
-        raise ValueError(
-            f"{source!r} holds a different architecture (saved vs requested): "
-            f"{'; '.join(mismatches)}; pass the same architecture flags as its run."
-        )
-    status = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(prefix)
+    _check(repr(source), saved, model, parts)
+    layers = hub.model_parts(model)
+    holder = tf.train.Checkpoint(**{part: layers[part] for part in parts})
+    status = tf.train.Checkpoint(model=holder).restore(prefix)
     status.expect_partial().assert_existing_objects_matched()

@@ -130,6 +130,24 @@ class ModelConfig:
             f"selectable outputs, so use a value in [{-count}, {count - 1}].",
         )
 
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> ModelConfig:
+        """The config stored as ``dataclasses.asdict`` in ``source`` (a config.json, a hub
+        module's asset); a field this version does not know is an error naming it."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{source} has ModelConfig fields this tf-simclr does not know: {unknown}; "
+                "it was written by another version of tf-simclr."
+            )
+        return cls(**values)
+
+    @property
+    def selected_head_output(self) -> int:
+        """Non-negative index of the head output the supervised head reads."""
+        return self.ft_proj_selector % (self.num_head_layers + 1)
+
     @property
     def num_head_layers(self) -> int:
         """Number of layers in the projection head (N in ``proj_head_1 .. proj_head_N``)."""

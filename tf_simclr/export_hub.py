@@ -21,85 +21,20 @@ import os
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tf_simclr.checkpoints import CONFIG_FILENAME, MODEL_KEY, find_checkpoint, read_model_config
-from tf_simclr.hub import (
-    DEFAULT_WEIGHT_DECAY,
-    export_to_model_dir,
-    model_parts,
-    save_hub_module,
-    variable_paths,
+from tf_simclr.checkpoints import (
+    CONFIG_FILENAME,
+    find_checkpoint,
+    read_model_config,
+    restore_checkpoint,
 )
+from tf_simclr.hub import DEFAULT_WEIGHT_DECAY, export_to_model_dir, save_hub_module
 from tf_simclr.models.simclr import SimCLRModel
 
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
-VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-MAX_LISTED = 5
 
 
-MEMORY_NETWORK_KEY = "memory/network"
-
-
-def checkpoint_mismatches(model: SimCLRModel, prefix: str, root: str = MODEL_KEY) -> list[str]:
-    """Every way the model under ``root`` in the training checkpoint at ``prefix`` differs from
-    the built ``model``."""
-    found = {
-        key[len(root) + 1 : -len(VALUE_SUFFIX)].replace("/", "."): tuple(shape)
-        for key, shape in tf.train.list_variables(prefix)
-        if key.startswith(root + "/") and key.endswith(VALUE_SUFFIX)
-    }
-    expected = {
-        path: tuple(variable.shape)
-        for path, variable in variable_paths(model, model_parts(model)).items()
-    }
-    problems = []
-    reshaped = sorted(
-        path for path in expected.keys() & found.keys() if expected[path] != found[path]
-    )
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    if reshaped:
-        listed = ", ".join(
-            f"{path} checkpoint {found[path]} vs config {expected[path]}"
-            for path in reshaped[:MAX_LISTED]
-        )
-        problems.append(f"{len(reshaped)} variables have other shapes ({listed})")
-    if missing:
-        problems.append(
-            f"{len(missing)} variables of the configured model are not in the checkpoint "
-            f"({', '.join(missing[:MAX_LISTED])})"
-        )
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} checkpoint variables have no place in the configured model "
-            f"({', '.join(unexpected[:MAX_LISTED])})"
-        )
-    return problems
-
-
-def restore_training_checkpoint(
-    model: SimCLRModel, prefix: str, config_path: str, memory_network: bool = False
-) -> int | None:
-    """Restore ``tf.train.Checkpoint(model=...)`` at ``prefix`` into ``model`` (with
-    ``memory_network``, the checkpoint's memory network instead); returns its step.
-
-    Raises ``ValueError`` listing the differing variables when the checkpoint holds another
-    architecture than ``config_path`` describes.
-    """
-    root = MEMORY_NETWORK_KEY if memory_network else MODEL_KEY
-    problems = checkpoint_mismatches(model, prefix, root)
-    if problems:
-        raise ValueError(
-            f"the checkpoint {prefix} does not match the architecture in {config_path}: "
-            f"{'; '.join(problems)}. Pass the config.json of the run that wrote the checkpoint"
-            + (" (and a pretraining run with --memory_size)." if memory_network else ".")
-        )
-    if memory_network:
-        holder = tf.train.Checkpoint(memory=tf.train.Checkpoint(network=model))
-    else:
-        holder = tf.train.Checkpoint(model=model)
-    status = holder.restore(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
+def saved_step(prefix: str) -> int | None:
+    """The step a checkpoint recorded (its ``step`` variable), if it has one."""
     reader = tf.train.load_checkpoint(prefix)
     return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else None
 
@@ -127,7 +62,11 @@ def export_checkpoint(
     if memory_network:
         config = dataclasses.replace(config, num_classes=0, global_bn=False)
     model = SimCLRModel(config).build_for_size()
-    step = restore_training_checkpoint(model, prefix, config_path, memory_network)
+    try:
+        restore_checkpoint(model, prefix, memory_network)
+    except ValueError as error:
+        raise ValueError(f"{error} (architecture read from {config_path})") from error
+    step = saved_step(prefix)
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
     if export_dir:
         return save_hub_module(

@@ -13,7 +13,7 @@ The module implements TF-Hub's *reusable SavedModel* interface, so every consump
 * one inference signature per endpoint plus ``default`` (= ``final_avg_pool``), input key
   ``images``, float32 ``[None, None, None, 3]`` in [0, 1];
 * ``model_variables``: the same variables keyed by their object path in the model
-  (``encoder.stem.convs.0.conv.kernel``), used by :func:`restore_model_from_hub`;
+  (``encoder.stem.convs.0.conv.kernel``), read back by :func:`load_module_weights`;
 * the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints.
 
 The module is exported with plain batch norm: a copy of the model with ``global_bn=False`` (and
@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import tensorflow as tf
 from absl import logging
@@ -55,19 +55,6 @@ BACKBONE_ENDPOINTS = (
     "block_group4",
     "final_avg_pool",
 )
-# ModelConfig fields that decide the variables and the forward pass of each part.
-ARCHITECTURE_FIELDS = {
-    "encoder": (
-        "resnet_depth",
-        "width_multiplier",
-        "sk_ratio",
-        "se_ratio",
-        "cifar_stem",
-        "batch_norm_epsilon",
-    ),
-    "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim"),
-    "supervised_head": ("num_classes", "ft_proj_selector", "supervised_head_batch_norm"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +83,6 @@ def export_config(config: ModelConfig) -> ModelConfig:
     )
 
 
-def selected_head_output(config: ModelConfig) -> int:
-    """Non-negative index of the head output the supervised head reads (``ft_proj_selector``)."""
-    return config.ft_proj_selector % (config.num_head_layers + 1)
-
-
 def module_parts(
     config: ModelConfig, include_projection_head: bool, include_supervised_head: bool
 ) -> tuple[str, ...]:
@@ -113,9 +95,9 @@ def module_parts(
     if include_projection_head:
         parts.append("projection_head")
     if include_supervised_head and config.num_classes > 0:
-        if not include_projection_head and selected_head_output(config) > 0:
+        if not include_projection_head and config.selected_head_output > 0:
             raise ValueError(
-                f"the supervised head reads proj_head_{selected_head_output(config)} "
+                f"the supervised head reads proj_head_{config.selected_head_output} "
                 f"(ft_proj_selector={config.ft_proj_selector}), so it cannot be exported without "
                 "the projection head: include the projection head or exclude the supervised head."
             )
@@ -290,7 +272,7 @@ def read_module_info(path: str) -> HubModuleInfo:
             f"{METADATA_VERSION}."
         )
     return HubModuleInfo(
-        config=model_config_from_dict(metadata["model_config"], metadata_path),
+        config=ModelConfig.from_dict(metadata["model_config"], metadata_path),
         parts=tuple(metadata["parts"]),
         signatures=tuple(metadata["signatures"]),
         weight_decay=float(metadata["weight_decay"]),
@@ -307,94 +289,15 @@ def load_config_from_hub(path: str) -> ModelConfig:
     return read_module_info(path).config
 
 
-def restore_model_from_hub(
-    model: SimCLRModel,
-    path: str,
-    *,
-    require_all_parts: bool = False,
-    parts: Iterable[str] | None = None,
-) -> tuple[str, ...]:
-    """Load the module's weights into the built ``model``; returns the parts restored.
-
-    Parts the module has but the model has not are ignored; parts the model has but the module
-    has not keep their current values (logged), unless ``require_all_parts`` (e.g. a distillation
-    teacher), which raises instead. Works for models under any strategy. Raises ``ValueError``
-    naming every architecture field that differs between the module and the model. ``parts``
-    limits the restore to those parts (e.g. ``("encoder", "projection_head")`` to start
-    fine-tuning with a fresh classifier).
-    """
-    info = read_module_info(path)
-    if not model.built:
-        raise ValueError(
-            "the model has no variables yet; build it first (model.build_for_size(...), inside "
-            "the strategy scope it trains under) so that the module's weights can be loaded."
-        )
-    available = tuple(part for part in model_parts(model) if parts is None or part in parts)
-    missing = [part for part in available if part not in info.parts]
-    if require_all_parts and missing:
-        raise ValueError(
-            f"the hub module {path} has no {', '.join(missing)} (it holds "
-            f"{', '.join(info.parts)}); export it with the missing parts included."
-        )
-    restored = tuple(part for part in available if part in info.parts)
-    _check_architecture(info.config, model.config, restored, path)
+def load_module_weights(model: SimCLRModel, path: str, parts: Iterable[str]) -> None:
+    """Read the variables of ``parts`` of the module at ``path`` into the built ``model``, by
+    object path (``model_variables``). Architecture checks are the caller's:
+    :func:`tf_simclr.checkpoints.restore_model_from_hub`."""
     checkpoint = tf.train.Checkpoint()
-    checkpoint.model_variables = variable_paths(model, restored)
+    checkpoint.model_variables = variable_paths(model, parts)
     status = checkpoint.restore(os.path.join(path, "variables", "variables"))
     status.expect_partial()
     status.assert_existing_objects_matched()
-    if missing:
-        logging.info(
-            "Hub module %s has no %s; those keep their current values.", path, ", ".join(missing)
-        )
-    logging.info("Restored %s from hub module %s", ", ".join(restored), path)
-    return restored
-
-
-def model_config_from_dict(values: Mapping[str, object], source: str) -> ModelConfig:
-    """Build a ``ModelConfig`` from its ``dataclasses.asdict`` form read from ``source``."""
-    known = {field.name for field in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"{source} has ModelConfig fields this tf-simclr does not know: {unknown}; "
-            "it was written by another version of tf-simclr."
-        )
-    return ModelConfig(**values)
-
-
-def architecture_mismatches(
-    expected: ModelConfig, actual: ModelConfig, parts: Iterable[str]
-) -> list[str]:
-    """``field: expected vs actual`` for every architecture field of ``parts`` that differs.
-
-    ``ft_proj_selector`` is compared as the head output it selects (-1 and N are the same).
-    """
-    mismatches = []
-    for part in parts:
-        for field in ARCHITECTURE_FIELDS[part]:
-            wanted, found = _architecture_value(expected, field), _architecture_value(actual, field)
-            if wanted != found:
-                mismatches.append(f"{field}: {wanted!r} vs {found!r}")
-    return mismatches
-
-
-def _architecture_value(config: ModelConfig, field: str) -> object:
-    if field == "ft_proj_selector":
-        return selected_head_output(config)
-    return getattr(config, field)
-
-
-def _check_architecture(
-    module_config: ModelConfig, config: ModelConfig, parts: Iterable[str], path: str
-) -> None:
-    mismatches = architecture_mismatches(module_config, config, parts)
-    if mismatches:
-        raise ValueError(
-            f"the hub module {path} does not fit the model (module vs model): "
-            f"{'; '.join(mismatches)}. Build the model from load_config_from_hub(path), or "
-            "export the module without the mismatching head."
-        )
 
 
 def _plain_copy(model: SimCLRModel, parts: tuple[str, ...]) -> SimCLRModel:

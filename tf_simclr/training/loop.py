@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
@@ -76,10 +77,10 @@ def checkpoint_manager(
     max_to_keep: int,
 ) -> tf.train.CheckpointManager:
     """CheckpointManager in ``model_dir/ckpt``; non-chief workers write to a scratch folder."""
-    directory = os.path.join(model_dir, "ckpt")
+    directory = os.path.join(model_dir, CKPT_SUBDIR)
     if not is_chief(strategy):
         task_id = strategy.cluster_resolver.task_id
-        directory = os.path.join(model_dir, f".worker_scratch_{task_id}", "ckpt")
+        directory = os.path.join(model_dir, f".worker_scratch_{task_id}", CKPT_SUBDIR)
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
 
 
@@ -105,7 +106,7 @@ def train(
     )
     # Every worker resumes from the chief's checkpoints: a non-chief's scratch folder may be
     # missing or older than the chief's (it is deleted at the end of each run).
-    latest = tf.train.latest_checkpoint(os.path.join(settings.model_dir, "ckpt"))
+    latest = latest_checkpoint(settings.model_dir)
     if latest:
         checkpoint.restore(latest).expect_partial()
         logger.info("resumed from %s", latest)

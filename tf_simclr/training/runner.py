@@ -63,7 +63,7 @@ class PhaseRunner:
             if self.model_config.dtype_policy == "mixed_float16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             optimizer.build(variables)
-        if tf.train.latest_checkpoint(os.path.join(train.model_dir, "ckpt")) is None:
+        if checkpoints.latest_checkpoint(train.model_dir) is None:
             phase.restore(model)
         functions = phase.step_functions(model, variables, schedule)
 
@@ -135,15 +135,15 @@ class PhaseRunner:
         return results
 
     def _latest_step(self) -> int:
-        latest = tf.train.latest_checkpoint(os.path.join(self.config.train.model_dir, "ckpt"))
-        return int(latest.rsplit("-", 1)[1]) if latest else 0
+        latest = checkpoints.latest_checkpoint(self.config.train.model_dir)
+        return checkpoints.checkpoint_step(latest) if latest else 0
 
     def _restore_for_eval(self, checkpoint: str | None = None) -> SimCLRModel:
         model = phases.base.build_model(
             self.model_config, self.strategy, self.config.augment.image_size
         )
         path = checkpoint or checkpoints.find_checkpoint(self.config.train.model_dir)[0]
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        checkpoints.restore_checkpoint(model, path)
         return model
 
 
@@ -176,11 +176,11 @@ def run(config: RunConfig, strategy: tf.distribute.Strategy) -> dict:
 def follow_checkpoints(runner: PhaseRunner) -> dict:
     """``mode=eval``: evaluate every new checkpoint until the final one (or the timeout)."""
     train = runner.config.train
-    directory = os.path.join(train.model_dir, "ckpt")
+    directory = os.path.join(train.model_dir, checkpoints.CKPT_SUBDIR)
     results: dict = {}
     timeout = train.eval_timeout_seconds or None
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout):
-        step = int(path.rsplit("-", 1)[1])
+        step = checkpoints.checkpoint_step(path)
         results = runner.evaluate(runner._restore_for_eval(path), step)
         logger.info("evaluated %s: %s", path, results)
         if timeout is None:

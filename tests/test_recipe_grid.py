@@ -1,0 +1,46 @@
+"""bench/recipe_grid.py: the kNN curve read from a run's progress lines, and the table of
+recorded runs (best first, epochs 1/5/10)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from binary_runs import REPO_ROOT
+
+SPEC = importlib.util.spec_from_file_location("recipe_grid", REPO_ROOT / "bench" / "recipe_grid.py")
+grid = importlib.util.module_from_spec(SPEC)
+sys.modules[SPEC.name] = grid
+SPEC.loader.exec_module(grid)
+
+LOG = """\
+I1130 loop.py:201] step 0 eval/knn_top_1_accuracy=0.4258
+I1130 loop.py:201] step 25/50 epoch 0.50 contrast_acc=0.1 total_loss=9.1 lr=1 images/s=1000.0 eta=0
+I1130 loop.py:201] step 50/50 epoch 1.00 contrast_acc=0.2 eval/knn_top_1_accuracy=0.7152 \
+total_loss=8.2 lr=0.5 images/s=1100.5 eta=00:00:00
+"""
+
+
+def test_knn_curve_reads_the_checkpoint_lines_only():
+    assert grid.knn_curve(LOG) == [{"epoch": 1.0, "step": 50, "knn_top_1": 0.7152}]
+
+
+def test_table_lists_runs_best_first(tmp_path):
+    def record(name, values, flags):
+        curve = [{"epoch": e, "step": 10 * e, "knn_top_1": v} for e, v in enumerate(values, 1)]
+        payload = {
+            "name": name,
+            "flags": flags,
+            "knn_by_epoch": curve,
+            "final_knn_top_1": values[-1],
+            "images_per_second_median": 900.0,
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+
+    record("base", [0.70 + 0.01 * e for e in range(10)], [])
+    record("crop_0.2", [0.72 + 0.01 * e for e in range(9)] + [0.79], ["--crop_area_min=0.2"])
+    lines = grid.markdown_table(str(tmp_path)).splitlines()
+    assert lines[2].startswith("| crop_0.2 | `--crop_area_min=0.2` | 0.7200 | 0.7600 | 0.7900 |")
+    assert "0.8000 (9)" in lines[2]  # the best epoch beats the last one
+    assert lines[3].startswith("| base | (the recipe) | 0.7000 | 0.7400 | 0.7900 | 0.7900 (10)")
