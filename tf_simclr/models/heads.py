@@ -90,6 +90,7 @@ class SupervisedHead(keras.layers.Layer):
             self.bn = keras.layers.BatchNormalization(
                 center=False,
                 scale=False,
+                synchronized=config.global_bn,
                 momentum=config.batch_norm_decay,
                 epsilon=config.batch_norm_epsilon,
                 dtype="float32",
