@@ -345,3 +345,10 @@ def test_memory_network_is_exported_as_the_hub_module(memory_runs, tmp_path):
     )
     online = features(tf.saved_model.load(online_export))
     assert np.max(np.abs(online - at_phase_end)) > 1e-3
+    # Without --export_dir the module goes to MODEL_DIR/hub/<step>, the step read from the
+    # training loop's checkpoint name (it has no step variable).
+    in_place = export_checkpoint(str(run), memory_network=True, keep_hub_module_max=0)
+    assert in_place == str(run / "hub" / str(REFERENCE_STEPS))
+    np.testing.assert_allclose(
+        features(tf.saved_model.load(in_place)), at_phase_end, rtol=1e-5, atol=1e-6
+    )

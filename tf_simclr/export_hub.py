@@ -22,7 +22,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from tf_simclr.checkpoints import (
+    CKPT_SUBDIR,
     CONFIG_FILENAME,
+    checkpoint_step,
     find_checkpoint,
     read_model_config,
     restore_checkpoint,
@@ -34,9 +36,15 @@ STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def saved_step(prefix: str) -> int | None:
-    """The step a checkpoint recorded (its ``step`` variable), if it has one."""
+    """The step a checkpoint recorded: its ``step`` variable, or the number the training loop
+    saved it under (``ckpt-<step>``); None when it has neither."""
     reader = tf.train.load_checkpoint(prefix)
-    return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else None
+    if reader.has_tensor(STEP_KEY):
+        return int(reader.get_tensor(STEP_KEY))
+    name = os.path.basename(prefix)
+    if name.startswith(f"{CKPT_SUBDIR}-") and name.rsplit("-", 1)[1].isdigit():
+        return checkpoint_step(prefix)
+    return None
 
 
 def export_checkpoint(
