@@ -39,6 +39,7 @@ GRID: dict[str, tuple[str, ...]] = {
     "crop_0.35": ("--crop_area_min=0.35",),
     "color_0": ("--color_jitter_strength=0",),
     "color_1.0": ("--color_jitter_strength=1.0",),
+    "color_1.0_crop_0.2": ("--color_jitter_strength=1.0", "--crop_area_min=0.2"),
     "temperature_0.1": ("--temperature=0.1",),
     "temperature_0.5": ("--temperature=0.5",),
     "lars_lr_0.3_linear": ("--learning_rate=0.3",),
