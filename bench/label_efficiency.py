@@ -209,8 +209,9 @@ def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
                 (*distill, f"--width_multiplier={STUDENT_WIDTH:g}"),
             )
         )
-    runs += sweep_runs(settings)
-    for fraction in FRACTIONS:
+    sweep = sweep_runs(settings)
+    for fraction in FRACTIONS:  # the cheap fractions' seeds before the costly 100% sweep
+        runs += [run for run in sweep if run.fraction == fraction]
         multiplier = best_multiplier(records, settings, fraction)
         if multiplier is None:
             continue

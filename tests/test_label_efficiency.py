@@ -61,6 +61,9 @@ def test_sweep_picks_the_best_budget_for_the_other_seeds():
         assert f"--train_epochs={epochs:g}" in first.flags
         assert planned[f"supervised_10pct_seed{seed}"].multiplier == 1
         assert f"supervised_100pct_seed{seed}" not in planned  # its sweep has not run
+    # The costly 100% sweep waits until the cheap fractions' seeds are done.
+    order = [run.name for run in study.plan(settings, records)]
+    assert order.index("supervised_10pct_seed2") < order.index("supervised_100pct_x1_seed0")
 
     summary = study.summarize(list(records.values()))
     assert summary[("supervised", 0.01)]["mean"] == 0.83
