@@ -1,11 +1,11 @@
 """Pretraining recipe grid for small grayscale images (Fashion-MNIST, 28 px).
 
-Short SimCLRv2 pretraining runs of the same length and seed, each changing one setting of
-``flags/fashion_mnist/pretrain.flags`` (SimCLR sections 3-5 and appendix B.9 name the settings
-that matter: crop scale, colour strength, temperature, learning rate and its scaling, optimizer,
-batch size, width; SimCLRv2 section 2 adds the memory of negatives), scored by the weighted kNN
-monitor (bank: 10,000 training images, queries: the 10,000 test images, k = 200, t = 0.1)
-after every epoch.
+Short SimCLRv2 pretraining runs of the same length and seed, each changing one setting of the
+CIFAR-style starting recipe ``bench/recipe_grid_base.flags`` (SimCLR sections 3-5 and appendix
+B.9 name the settings that matter: crop scale, colour strength, temperature, learning rate and
+its scaling, optimizer, batch size, width; SimCLRv2 section 2 adds the memory of negatives),
+scored by the weighted kNN monitor (bank: 10,000 training images, queries: the 10,000 test
+images, k = 200, t = 0.1) after every epoch.
 
 Each finished run writes ``<record_dir>/<name>.json`` (settings, kNN by epoch, images/s, wall
 time); a recorded run is skipped, so the grid spans sessions once its records are committed.
@@ -72,7 +72,7 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
             return json.load(handle)
     model_dir = os.path.join(run_dir, name)
     flags = (
-        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        "--flagfile=bench/recipe_grid_base.flags",
         f"--train_epochs={EPOCHS}",
         "--checkpoint_epochs=1",
         "--mode=train",

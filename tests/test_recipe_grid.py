@@ -44,3 +44,22 @@ def test_table_lists_runs_best_first(tmp_path):
     assert lines[2].startswith("| crop_0.2 | `--crop_area_min=0.2` | 0.7200 | 0.7600 | 0.7900 |")
     assert "0.8000 (9)" in lines[2]  # the best epoch beats the last one
     assert lines[3].startswith("| base | (the recipe) | 0.7000 | 0.7400 | 0.7900 | 0.7900 (10)")
+
+
+def test_every_setting_starts_from_the_fixed_cifar_style_recipe(tmp_path, monkeypatch):
+    from absl import flags
+
+    from tf_simclr import run
+
+    monkeypatch.chdir(REPO_ROOT)  # the base includes flags/fashion_mnist/common.flags
+    for name, extra in grid.GRID.items():
+        values = flags.FlagValues()
+        run.define_flags(values)
+        values(["tf-simclr", "--flagfile=bench/recipe_grid_base.flags", *extra, "--model_dir=x"])
+        config = run.configs_from_flags(values.flag_values_dict())
+        if not extra:
+            assert name == "base"
+            assert config.train.train_batch_size == 256 and config.loss.temperature == 0.2
+            assert config.augment.color_jitter_strength == 0.5
+            assert config.augment.crop_area_range[0] == 0.08
+        assert config.train.train_mode == "pretrain", name
