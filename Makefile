@@ -7,7 +7,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 BAZEL_TEST_ARGS ?= --test_tag_filters=-slow
 
-.PHONY: demo test lint format fashion-mnist bazel-test clean
+# `make test-fast`: the quick subset (no @pytest.mark.slow end-to-end runs).
+.PHONY: demo test test-fast lint format fashion-mnist bazel-test clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,10 @@ test: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) fashion-mnist
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # `bazel test //...` offline with Debian's bazel-bootstrap (Bazel 4.2; see README.md, "Bazel"):
 # the quick subset by default, every test with BAZEL_TEST_ARGS=.

@@ -38,11 +38,10 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
+from child_run import run_tf_simclr
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED_ENCODER = os.path.join(REPO_ROOT, "pretrained", "fashion_mnist", "hub")
@@ -134,10 +133,16 @@ def sweep_runs(settings: StudySettings) -> list[Run]:
 def best_multiplier(records: dict[str, dict], settings: StudySettings, fraction: float):
     """The sweep's best budget for ``fraction`` (ties go to the smaller budget), or None while
     a sweep run of that fraction is missing."""
-    sweep = [run for run in sweep_runs(settings) if run.fraction == fraction]
-    if any(run.name not in records for run in sweep):
+    sweep = [records.get(run.name) for run in sweep_runs(settings) if run.fraction == fraction]
+    if None in sweep:
         return None
-    return max(sweep, key=lambda run: (records[run.name]["top_1"], -run.multiplier)).multiplier
+    return best_of_sweep(sweep)["multiplier"]
+
+
+def best_of_sweep(sweep: list[dict]) -> dict:
+    """The sweep record with the highest top-1; a tie goes to the smaller budget, since the
+    extra training bought nothing."""
+    return max(sweep, key=lambda record: (record["top_1"], -record["multiplier"]))
 
 
 def teacher_module(settings: StudySettings, fraction: float) -> str:
@@ -256,29 +261,17 @@ def execute(run: Run, settings: StudySettings) -> dict:
         record["seconds"] = time.time() - started
         return record
     model_dir = os.path.join(settings.run_dir, run.name)
-    command = [
-        sys.executable,
-        "-m",
-        "tf_simclr.run",
-        *run.flags,
-        "--keep_hub_module_max=1",
-        f"--model_dir={model_dir}",
-        *settings.extra_flags,
-    ]
-    print(f"\n=== {run.name}: {shlex.join(command[2:])}", flush=True)
-    os.makedirs(model_dir, exist_ok=True)
-    started = time.time()
-    with open(os.path.join(model_dir, "study.log"), "a", encoding="utf-8") as log:
-        subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    flags = (*run.flags, "--keep_hub_module_max=1", *settings.extra_flags)
+    seconds = run_tf_simclr(run.name, flags, model_dir, "study.log")
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     evaluation = result["eval"]
     record = {
         **dataclasses.asdict(run),
         "top_1": evaluation.get("label_top_1_accuracy", evaluation.get("knn_top_1_accuracy")),
-        "seconds": time.time() - started,
+        "seconds": seconds,
         "images_per_second": result["train"].get("images_per_second"),
-        "command": shlex.join(command[2:]),
+        "command": shlex.join((*flags, f"--model_dir={model_dir}")),
     }
     if run.method == "finetune" and run.seed == settings.seeds[0]:
         keep_module(model_dir, teacher_module(settings, run.fraction))
@@ -434,7 +427,7 @@ def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
             continue
         if _is_sweep(record):
             sweep = [r for r in records if _is_sweep(r) and r["fraction"] == record["fraction"]]
-            if record is not max(sweep, key=lambda r: (r["top_1"], -r["multiplier"])):
+            if record is not best_of_sweep(sweep):
                 continue
         groups.setdefault((record["method"], record["fraction"]), []).append(record)
     summary = {}

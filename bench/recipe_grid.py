@@ -23,9 +23,8 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
-import time
+
+from child_run import run_tf_simclr
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "recipe_grid")
@@ -78,21 +77,9 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
         "--mode=train",
         "--keep_hub_module_max=0",
         *extra,
-        f"--model_dir={model_dir}",
     )
-    print(f"=== {name}: {shlex.join(flags)}", flush=True)
-    os.makedirs(model_dir, exist_ok=True)
-    log_path = os.path.join(model_dir, "grid.log")
-    started = time.time()
-    with open(log_path, "a", encoding="utf-8") as log:
-        subprocess.run(
-            [sys.executable, "-m", "tf_simclr.run", *flags],
-            cwd=REPO_ROOT,
-            check=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    with open(log_path, encoding="utf-8") as handle:
+    seconds = run_tf_simclr(name, flags, model_dir, "grid.log")
+    with open(os.path.join(model_dir, "grid.log"), encoding="utf-8") as handle:
         log_text = handle.read()
     curve = knn_curve(log_text)
     speeds = [float(m.group(4)) for m in _PROGRESS.finditer(log_text)]
@@ -102,9 +89,9 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
         "epochs": EPOCHS,
         "knn_by_epoch": curve,
         "final_knn_top_1": curve[-1]["knn_top_1"] if curve else None,
-        "seconds": time.time() - started,
+        "seconds": seconds,
         "images_per_second_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
-        "command": shlex.join(flags),
+        "command": shlex.join((*flags, f"--model_dir={model_dir}")),
     }
     os.makedirs(record_dir, exist_ok=True)
     with open(record_path, "w", encoding="utf-8") as handle:

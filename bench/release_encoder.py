@@ -141,8 +141,16 @@ def main() -> None:
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "pretrained", "fashion_mnist"))
     parser.add_argument("--pixels_knn", type=float, default=None)
+    parser.add_argument(
+        "--docs_plot",
+        default=os.path.join(REPO_ROOT, "docs", "pretraining_knn_curve.png"),
+        help="Also copy the kNN curve here (README and BENCHMARKS show it); empty: no copy.",
+    )
     args = parser.parse_args()
-    print(json.dumps(release(args.model_dir, args.out, args.pixels_knn), indent=2))
+    info = release(args.model_dir, args.out, args.pixels_knn)
+    if args.docs_plot:
+        shutil.copyfile(os.path.join(args.out, "knn_curve.png"), args.docs_plot)
+    print(json.dumps(info, indent=2))
 
 
 if __name__ == "__main__":

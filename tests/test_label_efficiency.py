@@ -6,12 +6,12 @@ finished runs."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 
+import label_efficiency as study
 import pytest
 from binary_runs import (
     REPO_ROOT,
@@ -20,13 +20,6 @@ from binary_runs import (
     run_binary,
     subprocess_env,
 )
-
-SPEC = importlib.util.spec_from_file_location(
-    "label_efficiency", REPO_ROOT / "bench" / "label_efficiency.py"
-)
-study = importlib.util.module_from_spec(SPEC)
-sys.modules[SPEC.name] = study  # dataclasses look their module up while the file executes
-SPEC.loader.exec_module(study)
 
 
 def _sweep_records(settings, fraction, accuracies):

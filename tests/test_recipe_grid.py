@@ -3,16 +3,10 @@ recorded runs (best first, epochs 1/5/10)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
+import recipe_grid as grid
 from binary_runs import REPO_ROOT
-
-SPEC = importlib.util.spec_from_file_location("recipe_grid", REPO_ROOT / "bench" / "recipe_grid.py")
-grid = importlib.util.module_from_spec(SPEC)
-sys.modules[SPEC.name] = grid
-SPEC.loader.exec_module(grid)
 
 LOG = """\
 I1130 loop.py:201] step 0 eval/knn_top_1_accuracy=0.4258

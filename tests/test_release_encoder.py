@@ -4,23 +4,15 @@ the flagfile reproduces the run's configuration, the kNN curve is the one in Ten
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
+import release_encoder
 import tensorflow as tf
 from absl import flags
-from binary_runs import REPO_ROOT, SMALL_MODEL, assert_succeeded, read_events, run_binary
+from binary_runs import SMALL_MODEL, assert_succeeded, read_events, run_binary
 
 from tf_simclr import run
-
-SPEC = importlib.util.spec_from_file_location(
-    "release_encoder", REPO_ROOT / "bench" / "release_encoder.py"
-)
-release_encoder = importlib.util.module_from_spec(SPEC)
-sys.modules[SPEC.name] = release_encoder
-SPEC.loader.exec_module(release_encoder)
 
 
 @pytest.mark.slow

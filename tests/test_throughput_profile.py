@@ -4,17 +4,9 @@ listed op types never add up to more than the whole."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import tensorflow as tf
-from binary_runs import REPO_ROOT
-
-SPEC = importlib.util.spec_from_file_location("throughput", REPO_ROOT / "bench" / "throughput.py")
-throughput = importlib.util.module_from_spec(SPEC)
-sys.modules[SPEC.name] = throughput
-SPEC.loader.exec_module(throughput)
+import throughput
 
 
 def test_op_breakdown_attributes_a_matmul_heavy_function_to_matmul(tmp_path):

@@ -280,6 +280,26 @@ def test_loop_trains_checkpoints_logs_and_resumes(tmp_path):
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(7), rtol=1e-5)
 
 
+def test_train_function_traces_the_step_once_and_averages_its_scalars():
+    strategy = tf.distribute.get_strategy()
+    _, optimizer, functions, factory, _ = regression_setup(strategy)
+    traces = []
+    compute = functions.compute
+    functions.compute = lambda batch: traces.append(1) or compute(batch)
+    train_steps = loop.TrainFunction(strategy, optimizer, functions)
+    iterator = factory(0)
+    weights = np.zeros((DIM, 1), np.float64)
+    for steps in (3, 2):  # a new step count is a new tensor value, not a new trace
+        losses = []
+        for _ in range(steps):
+            x, y = regression_batch(int(optimizer.iterations) + len(losses) + 1)
+            losses.append(np.mean((x @ weights - y) ** 2))
+            weights -= LEARNING_RATE * 2.0 / BATCH * x.T @ (x @ weights - y)
+        scalars = train_steps(iterator, steps)
+        assert scalars == {"loss": pytest.approx(np.mean(losses), rel=1e-5)}
+    assert len(traces) == 1
+
+
 def test_loop_stops_on_a_non_finite_loss_without_saving(tmp_path):
     strategy = tf.distribute.get_strategy()
     model, optimizer, functions, factory, _ = regression_setup(strategy, poison_step=3)

@@ -214,11 +214,12 @@ class TrainFunction:
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
 
     def _steps(self, iterator: Iterator, steps: tf.Tensor) -> tf.Tensor:
-        # The first step runs outside the loop: its scalars fix the loop's accumulator shape.
-        total = self._one_step(iterator)
-        for _ in tf.range(steps - 1):
-            total += self._one_step(iterator)
-        return total / tf.cast(steps, tf.float32)
+        # A TensorArray takes its element shape from the first write, so the step is traced
+        # once, whatever number of scalars ``compute`` returns.
+        history = tf.TensorArray(tf.float32, size=steps)
+        for index in tf.range(steps):
+            history = history.write(index, self._one_step(iterator))
+        return tf.reduce_mean(history.stack(), axis=0)
 
 
 def _write_scalars(writer, scalars: dict[str, float], step: int) -> None:

@@ -1,0 +1,25 @@
+"""One ``tf-simclr`` training run as a child process of a bench script, its output appended to a
+log file in its model_dir (never a pipe: a long run would block on a full one)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tf_simclr(name: str, flags: tuple[str, ...], model_dir: str, log_name: str) -> float:
+    """Run ``python -m tf_simclr.run FLAGS --model_dir=MODEL_DIR`` from the repository root,
+    appending its output to ``MODEL_DIR/LOG_NAME``; its wall time in seconds. A failed run
+    raises ``subprocess.CalledProcessError``."""
+    command = [sys.executable, "-m", "tf_simclr.run", *flags, f"--model_dir={model_dir}"]
+    print(f"\n=== {name}: {shlex.join(command[3:])}", flush=True)
+    os.makedirs(model_dir, exist_ok=True)
+    started = time.time()
+    with open(os.path.join(model_dir, log_name), "a", encoding="utf-8") as log:
+        subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.time() - started
