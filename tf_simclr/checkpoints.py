@@ -36,8 +36,10 @@ ARCHITECTURE_FIELDS = {
         "se_ratio",
         "cifar_stem",
         "batch_norm_epsilon",
+        "initial_conv_before_bn",
+        "reference_resnet_d",
     ),
-    "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim"),
+    "projection_head": ("proj_head_mode", "num_proj_layers", "proj_out_dim", "truncated_proj_head"),
     "supervised_head": ("num_classes", "ft_proj_selector", "supervised_head_batch_norm"),
 }
 

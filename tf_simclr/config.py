@@ -48,6 +48,11 @@ class ModelConfig:
     ``final_avg_pool`` features are far from centred (mean squared norm ~260 for the Fashion-MNIST
     ResNet-18, one direction with ~190 of it) and make momentum SGD at the recipe's learning rate
     oscillate (the probe's loss climbed from 2.3 to 17 in 100 steps at LR 0.85).
+    ``initial_conv_before_bn``, ``reference_resnet_d`` and ``truncated_proj_head`` reproduce
+    checkpoints of the reference implementation (google-research/simclr) exactly; the converter
+    of :mod:`tf_simclr.reference` sets them (see :class:`tf_simclr.models.resnet.Shortcut`,
+    :class:`~tf_simclr.models.resnet.Stem` and :class:`~tf_simclr.models.heads.ProjectionHead`).
+    A truncated head's ``proj_out_dim`` is the encoder's output width, the width of its layers.
     ``global_bn`` is on by default, as in the reference implementation: batch-norm statistics
     are those of the global batch, across replicas. With one replica the runner builds plain
     batch norm instead (TensorFlow's faster fused kernel); code that builds a model on one
@@ -59,6 +64,12 @@ class ModelConfig:
     sk_ratio: float = setting(0.0, "Selective-kernel ratio (0.0625 in the paper; 0 disables).")
     se_ratio: float = setting(0.0, "Squeeze-excitation ratio (0 disables).")
     cifar_stem: bool = setting(False, "3x3 stride-1 stem without max-pool (small images).")
+    initial_conv_before_bn: bool = setting(
+        False, "initial_conv endpoint before the stem's batch norm (the reference's)."
+    )
+    reference_resnet_d: bool = setting(
+        False, "ResNet-D shortcuts pool as the reference does (also at stride 1, zeros counted)."
+    )
     batch_norm_decay: float = setting(0.9, "Batch-norm moving-average momentum.")
     batch_norm_epsilon: float = setting(1e-5, "Batch-norm epsilon.")
     global_bn: bool = setting(True, "Synchronise batch-norm statistics across replicas.")
@@ -67,6 +78,9 @@ class ModelConfig:
     )
     num_proj_layers: int = setting(3, "Layers of the non-linear projection head.")
     proj_out_dim: int = setting(128, "Projection output dimension.")
+    truncated_proj_head: bool = setting(
+        False, "Every head layer is a hidden layer (the first layers of a deeper head)."
+    )
     ft_proj_selector: int = setting(0, "Head layer to fine-tune from (0 = encoder).")
     num_classes: int = setting(0, "Classes of the supervised head (0: no supervised head).")
     zero_init_logits_layer: bool = setting(False, "Zero-initialise the classifier.")
@@ -113,6 +127,15 @@ class ModelConfig:
         )
         _require(self.num_proj_layers >= 1, "num_proj_layers must be >= 1.")
         _require(self.proj_out_dim >= 1, "proj_out_dim must be >= 1.")
+        _require(
+            not self.truncated_proj_head
+            or (
+                self.proj_head_mode == "nonlinear" and self.proj_out_dim == self.encoder_output_dim
+            ),
+            "truncated_proj_head needs proj_head_mode='nonlinear' and proj_out_dim equal to "
+            f"the encoder's output width ({self.encoder_output_dim}): its layers are all hidden "
+            "layers.",
+        )
         _require(self.num_classes >= 0, "num_classes must be >= 0 (0 = no supervised head).")
         _require(
             -1 <= self.fine_tune_after_block <= 4,

@@ -54,6 +54,9 @@ FLAG_SCHEMA = FlagSchema(
     not_flags={
         ModelConfig: (
             "batch_norm_epsilon",
+            "initial_conv_before_bn",
+            "reference_resnet_d",
+            "truncated_proj_head",
             "num_classes",
             "supervised_head_stop_gradient",
             "supervised_head_batch_norm",

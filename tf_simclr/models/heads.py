@@ -45,26 +45,30 @@ class ProjectionHead(keras.layers.Layer):
     """g(.): ``nonlinear`` (N dense+BN layers), ``linear`` (one dense+BN) or ``none`` (identity).
 
     Hidden layers keep the input width (2048 for ResNet-50 1x); the output layer has
-    ``proj_out_dim`` units (128).
+    ``proj_out_dim`` units (128). With ``truncated_proj_head`` every one of the
+    ``num_proj_layers`` layers is a hidden layer: the first layers of a deeper head whose later
+    layers a checkpoint does not hold.
     """
 
     def __init__(self, config: ModelConfig, input_dim: int, **kwargs) -> None:
         super().__init__(dtype="float32", **kwargs)
         self.mode = config.proj_head_mode
         if config.proj_head_mode == "nonlinear":
+            hidden = config.num_proj_layers - (0 if config.truncated_proj_head else 1)
             self.layers_list = [
                 DenseBN(config, input_dim, use_bias=True, relu=True, name=f"proj_head_{i + 1}")
-                for i in range(config.num_proj_layers - 1)
+                for i in range(hidden)
             ]
-            self.layers_list.append(
-                DenseBN(
-                    config,
-                    config.proj_out_dim,
-                    use_bias=False,
-                    relu=False,
-                    name=f"proj_head_{config.num_proj_layers}",
+            if not config.truncated_proj_head:
+                self.layers_list.append(
+                    DenseBN(
+                        config,
+                        config.proj_out_dim,
+                        use_bias=False,
+                        relu=False,
+                        name=f"proj_head_{config.num_proj_layers}",
+                    )
                 )
-            )
         elif config.proj_head_mode == "linear":
             self.layers_list = [
                 DenseBN(config, config.proj_out_dim, use_bias=False, relu=False, name="proj_head_1")

@@ -11,6 +11,12 @@ max-pool, SimCLR appendix B.9) is chosen explicitly with ``cifar_stem``.
 The last batch norm of every residual block starts with gamma = 0 (Goyal et al. 2017), batch norm
 momentum and epsilon are configurable (0.9 and 1e-5 in the paper), and ``global_bn`` synchronises
 batch statistics across replicas (SimCLR section 3, "Global BN").
+
+Two options reproduce the reference implementation (google-research/simclr) where it differs:
+``reference_resnet_d`` (its ResNet-D shortcut pooling, :class:`Shortcut`) and
+``initial_conv_before_bn`` (its ``initial_conv`` endpoint, :class:`Stem`). Everything else
+already computes what its resnet.py computes: fixed padding of strided convolutions, batch-norm
+epsilon 1e-5, the selective-kernel convolution, the 3-conv stem.
 """
 
 from __future__ import annotations
@@ -83,10 +89,16 @@ class ConvBN(keras.layers.Layer):
         self.bn = batch_norm(config, zero_init=zero_init)
         self.relu = relu
 
-    def call(self, inputs: tf.Tensor, training=None) -> tf.Tensor:
+    def call(
+        self, inputs: tf.Tensor, training=None, with_convolution: bool = False
+    ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        """The activation; with ``with_convolution`` also the convolution's output before batch
+        norm, as ``(convolution, activation)`` (the reference's ``initial_conv`` endpoint)."""
         x = self.padding(inputs) if self.padding is not None else inputs
-        x = self.bn(self.conv(x), training=training)
-        return tf.nn.relu(x) if self.relu else x
+        convolution = self.conv(x)
+        x = self.bn(convolution, training=training)
+        x = tf.nn.relu(x) if self.relu else x
+        return (convolution, x) if with_convolution else x
 
 
 class SelectiveKernel(keras.layers.Layer):
@@ -143,13 +155,33 @@ class SqueezeExcitation(keras.layers.Layer):
 
 
 class Shortcut(keras.layers.Layer):
-    """Projection shortcut: 1x1 conv + BN; with SK (ResNet-D) average-pool, then stride-1 conv."""
+    """Projection shortcut: 1x1 conv + BN; with SK (ResNet-D) average-pool, then stride-1 conv.
+
+    The ResNet-D pool is 2x2 with the block's stride, "same" padding left out of the average.
+    ``reference_resnet_d`` pools as google-research/simclr does instead (its resnet.py, both the
+    TF1 and the tf2/ version): every projection shortcut pools, a stride-1 one with a 2x2/1
+    "same" pool, and a strided one pads one row and column of zeros at the bottom and right,
+    which count in the average, before a "valid" pool (the same values at even input sizes).
+    """
 
     def __init__(self, config: ModelConfig, filters: int, strides: int, **kwargs) -> None:
         super().__init__(dtype=config.dtype_policy, **kwargs)
+        self.padding = None
         self.pool = None
         conv_strides = strides
-        if config.sk_ratio > 0 and strides > 1:
+        if config.sk_ratio > 0 and config.reference_resnet_d:
+            if strides > 1:
+                self.padding = keras.layers.ZeroPadding2D(
+                    ((0, 1), (0, 1)), dtype=config.dtype_policy
+                )
+            self.pool = keras.layers.AveragePooling2D(
+                2,
+                strides=strides,
+                padding="valid" if strides > 1 else "same",
+                dtype=config.dtype_policy,
+            )
+            conv_strides = 1
+        elif config.sk_ratio > 0 and strides > 1:
             self.pool = keras.layers.AveragePooling2D(
                 2, strides=strides, padding="same", dtype=config.dtype_policy
             )
@@ -157,7 +189,8 @@ class Shortcut(keras.layers.Layer):
         self.proj = ConvBN(config, filters, 1, conv_strides, relu=False)
 
     def call(self, inputs: tf.Tensor, training=None) -> tf.Tensor:
-        x = self.pool(inputs) if self.pool is not None else inputs
+        x = self.padding(inputs) if self.padding is not None else inputs
+        x = self.pool(x) if self.pool is not None else x
         return self.proj(x, training=training)
 
 
@@ -233,6 +266,7 @@ class Stem(keras.layers.Layer):
 
     def __init__(self, config: ModelConfig, **kwargs) -> None:
         super().__init__(dtype=config.dtype_policy, **kwargs)
+        self.initial_conv_before_bn = config.initial_conv_before_bn
         width = int(64 * config.width_multiplier)
         if config.cifar_stem:
             self.convs = [ConvBN(config, width, 3, 1)]
@@ -252,11 +286,15 @@ class Stem(keras.layers.Layer):
             )
 
     def call(self, inputs: tf.Tensor, training=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(initial_conv, initial_max_pool)``: ``initial_conv`` is the last convolution's
+        activation, or with ``initial_conv_before_bn`` its output before batch norm (where the
+        reference's resnet.py names it)."""
         x = inputs
-        for layer in self.convs:
+        for layer in self.convs[:-1]:
             x = layer(x, training=training)
+        convolution, x = self.convs[-1](x, training=training, with_convolution=True)
         pooled = self.max_pool(x) if self.max_pool is not None else x
-        return x, pooled
+        return (convolution if self.initial_conv_before_bn else x), pooled
 
 
 class ResNet(keras.layers.Layer):
