@@ -1,13 +1,16 @@
 """The one door for saved models: find what a phase left behind (``MODEL_DIR/ckpt/``
 checkpoints, the ModelConfig in its ``config.json``, an exported TF-Hub module), compare its
 architecture with a model's, and restore a ``SimCLRModel`` (or some of its parts) from it, with
-the same checks and the same messages for every kind of source. Used by the training binary
-(``--checkpoint``, ``--teacher``, evaluation) and the export binary; ``hub.py`` only writes and
-reads the SavedModels themselves.
+the same checks and the same messages for every kind of source. Checkpoints of the reference
+implementation (google-research/simclr: TF2 checkpoints and SavedModels, TF1 checkpoints) come
+in here too, read by :mod:`tf_simclr.reference`, their architecture read from their weights.
+Used by the training binary (``--checkpoint``, ``--teacher``, evaluation) and the export
+binary; ``hub.py`` only writes and reads the SavedModels themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 
 import tensorflow as tf
 
-from tf_simclr import hub
+from tf_simclr import hub, reference
 from tf_simclr.config import ModelConfig
 from tf_simclr.models import SimCLRModel
 
@@ -97,7 +100,11 @@ def read_model_config(config_path: str) -> ModelConfig:
 
 
 def load_model_config(source: str) -> ModelConfig:
-    """The ModelConfig of a hub module, or of the run that wrote a model_dir / checkpoint."""
+    """The ModelConfig of a hub module, of the run that wrote a model_dir / checkpoint, or read
+    from a reference checkpoint (its supervised head's ``ft_proj_selector`` from its folder
+    name, see :meth:`tf_simclr.reference.ReferenceCheckpoint.ft_proj_selector`)."""
+    if is_reference_checkpoint(source):
+        return reference.read_reference_checkpoint(source).model_config()
     if is_hub_module(source):
         return hub.load_config_from_hub(source)
     _, model_dir = find_checkpoint(source)
@@ -239,6 +246,14 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     parts = ["encoder", "projection_head"]
     if include_supervised_head and model.supervised_head is not None:
         parts.append("supervised_head")
+    if is_reference_checkpoint(source):
+        checkpoint = reference.read_reference_checkpoint(source)
+        with_head = "supervised_head" in parts
+        selector = model.config.ft_proj_selector if with_head else None
+        _check(repr(source), checkpoint.model_config(with_head, selector), model, parts)
+        reference.restore_reference_weights(model, checkpoint, parts)
+        logger.info("Restored %s from %s", ", ".join(parts), source)
+        return
     if is_hub_module(source):
         restore_model_from_hub(
             model, source, require_all_parts=include_supervised_head, parts=parts
@@ -251,3 +266,36 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     holder = tf.train.Checkpoint(**{part: layers[part] for part in parts})
     status = tf.train.Checkpoint(model=holder).restore(prefix)
     status.expect_partial().assert_existing_objects_matched()
+
+
+def is_reference_checkpoint(path: str) -> bool:
+    """True for a checkpoint of the reference implementation (:func:`tf_simclr.reference.locate`:
+    a TF2 training checkpoint, a TF2 SavedModel or a TF1 checkpoint, as a directory or prefix)."""
+    return reference.locate(path) is not None
+
+
+def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
+    """``requested`` with the encoder and projection head of ``source`` when that is a reference
+    checkpoint (the architecture comes from its weights; fields the flags set to a value other
+    than the default must agree with it); otherwise ``requested`` unchanged (the architecture of
+    a tf-simclr source is checked against it when restoring)."""
+    if not source or not is_reference_checkpoint(source):
+        return requested
+    found = reference.read_reference_checkpoint(source).config
+    fields = ARCHITECTURE_FIELDS["encoder"] + ARCHITECTURE_FIELDS["projection_head"]
+    default = ModelConfig()
+    conflicts = [
+        f"{field}: {getattr(requested, field)!r} vs {getattr(found, field)!r}"
+        for field in fields
+        if getattr(requested, field) not in (getattr(found, field), getattr(default, field))
+    ]
+    if conflicts:
+        raise ValueError(
+            f"{source} holds another architecture than the flags ask for (flags vs checkpoint): "
+            f"{'; '.join(conflicts)}. Leave these flags out: the architecture is read from the "
+            "checkpoint."
+        )
+    logger.info(
+        "Architecture of %s: %s", source, {field: getattr(found, field) for field in fields}
+    )
+    return dataclasses.replace(requested, **{field: getattr(found, field) for field in fields})

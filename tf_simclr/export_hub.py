@@ -11,6 +11,14 @@ the checkpoint holds exactly that architecture, restores it and exports it::
 
 Without ``--export_dir`` the module goes to ``MODEL_DIR/hub/<step>/`` (the step read from the
 checkpoint), keeping the ``--keep_hub_module_max`` newest modules, as at the end of a phase.
+
+A checkpoint of the reference implementation (google-research/simclr: a TF2 checkpoint
+directory or SavedModel, a TF1 checkpoint prefix or directory) is converted into the same
+module, its architecture read from its weights (:mod:`tf_simclr.reference`); it needs
+``--export_dir``, and ``--ft_proj_selector`` when its folder name does not say which layer
+feeds its supervised head::
+
+    tf-simclr-export --checkpoint=finetuned_10pct/r50_1x_sk1/saved_model --export_dir=/tmp/m
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ import os
 import tensorflow as tf
 from absl import app, flags, logging
 
+from tf_simclr import reference
 from tf_simclr.checkpoints import (
     CKPT_SUBDIR,
     CONFIG_FILENAME,
     checkpoint_step,
     find_checkpoint,
+    is_reference_checkpoint,
     read_model_config,
     restore_checkpoint,
 )
@@ -58,12 +68,39 @@ def export_checkpoint(
     keep_hub_module_max: int = 1,
     overwrite: bool = False,
     memory_network: bool = False,
+    ft_proj_selector: int | None = None,
+    use_ema: bool = False,
 ) -> str:
     """Export the training checkpoint ``checkpoint`` as a TF-Hub module; returns its path.
 
     ``memory_network`` exports the moving-average memory network of a pretraining run with
-    SimCLRv2's memory of negatives instead of the online network.
+    SimCLRv2's memory of negatives instead of the online network. A reference checkpoint goes
+    to :func:`export_reference_checkpoint` (``ft_proj_selector`` and ``use_ema`` are its).
     """
+    if is_reference_checkpoint(checkpoint):
+        if config_path or memory_network:
+            raise ValueError(
+                f"{checkpoint} is a checkpoint of the reference implementation: its architecture "
+                "comes from its weights (no --config) and it has no memory network."
+            )
+        if not export_dir:
+            raise ValueError(f"{checkpoint} is a reference checkpoint: pass --export_dir.")
+        return export_reference_checkpoint(
+            checkpoint,
+            export_dir,
+            ft_proj_selector=ft_proj_selector,
+            use_ema=use_ema,
+            include_projection_head=include_projection_head,
+            include_supervised_head=include_supervised_head,
+            weight_decay=weight_decay,
+            overwrite=overwrite,
+        )
+    if ft_proj_selector is not None or use_ema:
+        raise ValueError(
+            "--ft_proj_selector and --use_ema are for checkpoints of the reference "
+            f"implementation, and {reference.describe(checkpoint)}. A tf-simclr run's "
+            "config.json holds its ft_proj_selector."
+        )
     prefix, model_dir = find_checkpoint(checkpoint)
     config_path = config_path or os.path.join(model_dir, CONFIG_FILENAME)
     config = read_model_config(config_path)
@@ -99,12 +136,44 @@ def export_checkpoint(
     )
 
 
+def export_reference_checkpoint(
+    checkpoint: str,
+    export_dir: str,
+    *,
+    ft_proj_selector: int | None = None,
+    use_ema: bool = False,
+    include_projection_head: bool = True,
+    include_supervised_head: bool = True,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    overwrite: bool = False,
+) -> str:
+    """Convert a checkpoint of the reference implementation into a TF-Hub module at
+    ``export_dir`` (see :func:`tf_simclr.reference.load_reference_model`); returns its path."""
+    model, source = reference.load_reference_model(
+        checkpoint,
+        ft_proj_selector=ft_proj_selector,
+        use_ema=use_ema,
+        include_supervised_head=include_supervised_head,
+    )
+    logging.info("Converted %s (%s, step %s)", checkpoint, source.location.format, source.step)
+    return save_hub_module(
+        model,
+        export_dir,
+        include_projection_head=include_projection_head,
+        include_supervised_head=include_supervised_head,
+        weight_decay=weight_decay,
+        step=source.step,
+        overwrite=overwrite,
+    )
+
+
 def define_flags() -> None:
     """The binary's flags (defined only when it runs, so that importing this module is free)."""
     flags.DEFINE_string(
         "checkpoint",
         None,
-        "A model_dir, its ckpt/ directory, or a checkpoint prefix.",
+        "A model_dir, its ckpt/ directory, or a checkpoint prefix; or a checkpoint of the "
+        "reference implementation (TF2 checkpoint or SavedModel, TF1 checkpoint).",
         required=True,
     )
     flags.DEFINE_string(
@@ -131,6 +200,15 @@ def define_flags() -> None:
         False,
         "Export the moving-average memory network of a --memory_size pretraining run.",
     )
+    flags.DEFINE_integer(
+        "ft_proj_selector",
+        None,
+        "Reference checkpoints: the head output feeding the supervised head (1: proj_head_1, "
+        "the 1%/10% fine-tunes; 0: the encoder output). Default: from the folder name.",
+    )
+    flags.DEFINE_bool(
+        "use_ema", False, "Reference TF1 checkpoints: read the ema_model/ moving-average copy."
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -147,6 +225,8 @@ def main(argv: list[str]) -> None:
         keep_hub_module_max=values.keep_hub_module_max,
         overwrite=values.overwrite,
         memory_network=values.memory_network,
+        ft_proj_selector=values.ft_proj_selector,
+        use_ema=values.use_ema,
     )
     print(path)
 

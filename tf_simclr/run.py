@@ -148,7 +148,9 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
 
     for name in ("checkpoint", "teacher"):
         path = values[name]
-        if path and not checkpoints.is_hub_module(path):
+        if path and not (
+            checkpoints.is_reference_checkpoint(path) or checkpoints.is_hub_module(path)
+        ):
             try:
                 checkpoints.find_checkpoint(path)
             except FileNotFoundError as error:

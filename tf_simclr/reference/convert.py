@@ -96,11 +96,12 @@ class ReferenceCheckpoint:
             f"{self.path} has a supervised head ({self.num_classes} classes) reading a "
             f"{self.supervised_input}-wide input, and {', '.join(names)} are all that wide: "
             "which one feeds it cannot be read from the checkpoint, and a wrong guess gives "
-            "near-chance accuracy. Choose with ft_proj_selector (tf-simclr-export "
-            "--ft_proj_selector): 1 (proj_head_1) for the reference's 1% and 10% fine-tunes, 0 "
-            "(the encoder output) for its 100% fine-tunes, supervised models and linear "
-            "heads. A folder finetuned_1pct, finetuned_10pct, finetuned_100pct or supervised in "
-            "the path settles it; or leave the supervised head out."
+            "near-chance accuracy. Choose with ft_proj_selector: 1 (proj_head_1) for the "
+            "reference's 1% and 10% fine-tunes, 0 (the encoder output) for its 100% fine-tunes, "
+            "supervised models and linear heads (tf-simclr-export --ft_proj_selector=N "
+            "--export_dir=DIR converts it; pass DIR where a module is wanted, e.g. --teacher). "
+            "A folder finetuned_1pct, finetuned_10pct, finetuned_100pct or supervised in the "
+            "path settles it; or leave the supervised head out (--noinclude_supervised_head)."
         )
 
     def model_config(

@@ -72,10 +72,11 @@ class Phase:
     # -- what is trained -------------------------------------------------------------------
 
     def model_config(self) -> ModelConfig:
-        """The configured architecture with this phase's heads. With one replica synchronised
+        """The configured architecture with this phase's heads (the encoder and projection head
+        of ``--checkpoint`` when that is a reference checkpoint). With one replica synchronised
         BN computes exactly plain BN, only slower (no fused kernel), so it is switched off."""
         return dataclasses.replace(
-            self.config.model,
+            checkpoints.source_architecture(self.config.model, self.config.train.init_checkpoint),
             num_classes=self.num_classes,
             global_bn=self.config.model.global_bn and self.strategy.num_replicas_in_sync > 1,
         )
