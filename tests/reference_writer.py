@@ -114,8 +114,8 @@ class _Builder:
     ) -> Layer:
         weights = {"gamma": self.rng.uniform(0.5, 1.5, channels)}
         if center:
-            weights["beta"] = self.rng.normal(0.0, 0.2, channels)
-        weights["moving_mean"] = self.rng.normal(0.0, 0.2, channels)
+            weights["beta"] = self.rng.normal(0.0, 0.1, channels)
+        weights["moving_mean"] = self.rng.normal(0.0, 0.1, channels)
         weights["moving_variance"] = self.rng.uniform(0.5, 1.5, channels)
         name = tf1 or self._tf1("batch_normalization")
         layer = Layer(tf2, name, {k: v.astype(np.float32) for k, v in weights.items()})
@@ -390,11 +390,13 @@ def write_tf1_checkpoint(
     step: int = 9,
     ema: Network | None = None,
     memory: bool = False,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> str:
     """A TF1 checkpoint (``directory/model.ckpt-<step>`` and ``checkpoint``) with the
     network's weights, a ``Momentum`` slot per trainable weight, the global step, optionally
-    the ``ema_model/`` copy (``ema``'s weights) and a memory of negatives; returns the prefix."""
-    tensors = {}
+    the ``ema_model/`` copy (``ema``'s weights), a memory of negatives and ``extra`` variables;
+    returns the prefix."""
+    tensors = dict(extra or {})
     for layer in network.layers:
         for name, value in layer.weights.items():
             tensors[f"{layer.tf1}/{name}"] = value

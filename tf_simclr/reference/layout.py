@@ -294,7 +294,7 @@ def infer_encoder(
 ) -> tuple[ModelConfig, dict[str, str]]:
     """The encoder configuration whose weights are exactly ``encoder_keys`` (depth, width,
     selective kernels and their ratio, stem), and ``{our variable path: checkpoint key}``."""
-    tried = []
+    tried, nearest = [], (-1, "")
     for depth in RESNET_DEPTHS:
         for sk in (False, True):
             for cifar in (False, True):
@@ -304,6 +304,17 @@ def infer_encoder(
                 units = encoder_units(probe, fmt)
                 keys = _resolve(units, key)
                 if keys is None or set(keys.values()) != encoder_keys:
+                    names = [theirs for unit in units for _, theirs, _ in unit.weights()]
+                    found = {key(name) for name in names} - {None}
+                    if len(found & encoder_keys) > nearest[0]:
+                        missing = [name for name in names if key(name) is None]
+                        extra = sorted(encoder_keys - found)
+                        nearest = (
+                            len(found & encoder_keys),
+                            f"ResNet-{depth} sk={sk} cifar_stem={cifar} lacks "
+                            f"{len(missing)} weights ({', '.join(missing[:3])}) and has no "
+                            f"place for {len(extra)} ({', '.join(extra[:3])})",
+                        )
                     continue
                 stem = [u for u in units if u.ours.startswith("encoder.stem.convs")]
                 width = shape(key(f"{stem[-2].reference}/kernel"))[-1] / 64
@@ -326,7 +337,7 @@ def infer_encoder(
     raise ValueError(
         f"the {len(encoder_keys)} encoder weights match no ResNet the reference builds (depths "
         f"{RESNET_DEPTHS}, with or without selective kernels, ImageNet or CIFAR stem)"
-        + (f"; nearest: {'; '.join(tried)}" if tried else "")
+        + (f"; nearest: {'; '.join(tried)}" if tried else f"; nearest: {nearest[1]}")
     )
 
 

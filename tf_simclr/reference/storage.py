@@ -155,6 +155,8 @@ def describe(path: str) -> str:
     if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + ".index"):
         return f"there is nothing at {path} (and no {path}.index)"
     if tf.io.gfile.isdir(path) and _is_saved_model(path):
+        if tf.io.gfile.exists(os.path.join(path, "assets", METADATA_FILENAME)):
+            return f"{path} is a tf-simclr hub module"
         prefix = _saved_model_prefix(path)
         if not tf.io.gfile.exists(prefix + ".index"):
             return f"{path} is a SavedModel without variables"
@@ -175,7 +177,12 @@ def describe(path: str) -> str:
             )
         path = latest
     if tf.io.gfile.exists(path + ".index"):
-        names = sorted(tf.train.load_checkpoint(path).get_variable_to_shape_map())
+        reader = tf.train.load_checkpoint(path)
+        names = sorted(reader.get_variable_to_shape_map())
+        if OBJECT_GRAPH_KEY in names:
+            graph = _object_graph(reader)
+            if _child(graph, _child(graph, 0, MODEL_OBJECT), "encoder") is not None:
+                return f"{path} is a tf-simclr training checkpoint"
         return (
             f"{path} is a checkpoint whose variables are neither tf-simclr's (model/encoder/..."
             " with the run's config.json) nor the reference's (model/resnet_model/... or "
