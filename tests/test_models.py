@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import ModelConfig, SimCLRModel
-from tf_simclr.models.resnet import SelectiveKernel
+from tf_simclr.models.resnet import SelectiveKernel, Shortcut
 
 SMALL = ModelConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True, num_classes=5)
 
@@ -105,6 +105,70 @@ def test_sk_uses_resnet_d_stem_and_avg_pool_shortcut():
     plain = build(dataclasses.replace(config, sk_ratio=0.0))
     assert len(plain.encoder.stem.convs) == 1
     assert plain.encoder.block_groups[1].blocks[0].shortcut.pool is None
+
+
+def _average_pools(x: np.ndarray, strides: int, count_padding: bool) -> np.ndarray:
+    """2x2 average pools of ``x`` (NHWC) with the padding at the bottom and right either
+    counted as zeros (the reference's strided ResNet-D pool) or left out ("same")."""
+    _, height, width, _ = x.shape
+    rows, cols = -(-height // strides), -(-width // strides)
+    out = np.zeros((x.shape[0], rows, cols, x.shape[3]))
+    for i in range(rows):
+        for j in range(cols):
+            window = x[:, i * strides : i * strides + 2, j * strides : j * strides + 2]
+            size = 4 if count_padding else window.shape[1] * window.shape[2]
+            out[:, i, j] = window.sum(axis=(1, 2)) / size
+    return out
+
+
+@pytest.mark.parametrize("reference_resnet_d", [False, True])
+def test_resnet_d_shortcut_pooling(reference_resnet_d):
+    """tf-simclr's ResNet-D pools strided shortcuts only, leaving "same" padding out of the
+    average; ``reference_resnet_d`` pools as google-research/simclr: stride-1 shortcuts too, and
+    strided ones over zero padding that counts (different values at odd sides)."""
+    config = ModelConfig(sk_ratio=0.0625, reference_resnet_d=reference_resnet_d)
+    x = tf.random.stateless_uniform([2, 5, 7, 3], seed=[2, 3])
+    for strides in (1, 2):
+        shortcut = Shortcut(config, 6, strides)
+        out = shortcut(x, training=False)
+        if strides == 1 and not reference_resnet_d:
+            assert shortcut.pool is None
+            pooled = x.numpy()
+        else:
+            pooled = _average_pools(x.numpy(), strides, reference_resnet_d and strides > 1)
+        expected = shortcut.proj(tf.constant(pooled, tf.float32), training=False)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+        assert out.shape[1:3] == (-(-5 // strides), -(-7 // strides))
+
+
+def test_initial_conv_before_bn_is_the_stem_convolution():
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[4, 4])
+    for before_bn in (False, True):
+        model = build(dataclasses.replace(SMALL, initial_conv_before_bn=before_bn))
+        stem = model.encoder.stem.convs[-1]
+        stem.bn.moving_mean.assign(tf.fill(stem.bn.moving_mean.shape, 0.3))
+        out = model(images, training=False)
+        convolution = stem.conv(images)
+        expected = convolution if before_bn else tf.nn.relu(stem.bn(convolution, training=False))
+        np.testing.assert_allclose(out["initial_conv"], expected, rtol=1e-5, atol=1e-6)
+        assert (np.min(out["initial_conv"]) < 0) == before_bn
+
+
+def test_truncated_head_is_hidden_layers_only():
+    width = SMALL.encoder_output_dim
+    config = dataclasses.replace(
+        SMALL, num_proj_layers=2, truncated_proj_head=True, proj_out_dim=width
+    )
+    model = build(config)
+    out = model(tf.random.stateless_uniform([4, 32, 32, 3], seed=[6, 1]), training=True)
+    assert [out[f"proj_head_{i}"].shape[-1] for i in (1, 2)] == [width, width]
+    assert "proj_head_3" not in out
+    assert all(layer.bn.center for layer in model.projection_head.layers_list)
+    assert np.min(out["proj_head_output"]) >= 0
+    np.testing.assert_array_equal(out["proj_head_output"], out["proj_head_2"])
+    for kwargs in ({"proj_out_dim": 16}, {"proj_head_mode": "linear"}):
+        with pytest.raises(ValueError, match="truncated_proj_head"):
+            dataclasses.replace(config, **kwargs)
 
 
 def test_selective_kernel_is_a_softmax_mixture_of_its_two_paths():

@@ -101,7 +101,13 @@ def export_checkpoint(
             f"implementation, and {reference.describe(checkpoint)}. A tf-simclr run's "
             "config.json holds its ft_proj_selector."
         )
-    prefix, model_dir = find_checkpoint(checkpoint)
+    try:
+        prefix, model_dir = find_checkpoint(checkpoint)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error} Nor is it a checkpoint of the reference implementation: "
+            f"{reference.describe(checkpoint)}."
+        ) from error
     config_path = config_path or os.path.join(model_dir, CONFIG_FILENAME)
     config = read_model_config(config_path)
     if memory_network:
