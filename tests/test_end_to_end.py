@@ -2,21 +2,28 @@
 (train_then_eval), fine-tuning from the exported TF-Hub module on 25% of the labels, distillation
 from the fine-tuned model_dir, then ``--mode=eval`` of the student. Checks the model_dir layout,
 the TensorBoard summaries (read back with TensorBoard's event reader) and that the contrastive
-loss falls."""
+loss falls. Fine-tuning and distillation also start from checkpoints of the reference
+implementation (written by ``tests/reference_writer.py``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import reference_writer
 from absl import flags
 from binary_runs import (
+    SMALL_DATA,
     SMALL_MODEL,
     Events,
     assert_succeeded,
+    binary_command,
     checkpoint_steps,
+    model_weights,
     read_events,
     read_json,
+    run_all,
     run_binary,
 )
 
@@ -260,3 +267,65 @@ def test_fine_tuning_and_distillation_summaries(phases):
         assert evaluation.steps("eval/label_top_1_accuracy")[-1] == (
             FINETUNE_STEPS if name == "finetune" else DISTILL_STEPS
         )
+
+
+# A reference 10% fine-tune (a ResNet-18 with the ResNet-D stem and shortcuts) for 4 classes.
+REFERENCE = reference_writer.Architecture(18, 1 / 16, 0.0625, num_classes=4, ft_proj_selector=1)
+REFERENCE_DATA = (f"--dataset={SMALL_DATA}", "--image_size=16", "--nouse_blur")
+
+
+@pytest.mark.slow
+def test_training_starts_from_reference_checkpoints(tmp_path):
+    """``--checkpoint`` and ``--teacher`` take the reference implementation's checkpoints as
+    they are: fine-tuning then evaluation from a TF2 SavedModel (no architecture flags: they come
+    from the checkpoint), distillation from a TF1 fine-tune in its released folder (whose name
+    says its supervised head reads proj_head_1)."""
+    network = reference_writer.build_network(REFERENCE, 1)
+    pretrained = tmp_path / "pretrained" / "r18_sk1"
+    reference_writer.write_tf2_saved_model(network, str(pretrained / "saved_model"))
+    teacher = tmp_path / "finetuned_10pct" / "r18_sk1"
+    reference_writer.write_tf1_checkpoint(network, str(teacher))
+    common = (*REFERENCE_DATA, "--train_batch_size=16", "--eval_batch_size=64", "--train_steps=2")
+    common += ("--steps_per_loop=1", "--checkpoint_steps=2", "--warmup_epochs=0", "--seed=1")
+    runs = {
+        "finetune": (
+            "--train_mode=finetune",
+            "--mode=train_then_eval",
+            f"--checkpoint={pretrained}",
+            "--ft_proj_selector=1",
+            "--optimizer=momentum",
+            "--learning_rate=1e-9",
+        ),
+        "distill": (
+            "--train_mode=distill",
+            "--mode=train",
+            f"--teacher={teacher}",
+            f"--checkpoint={pretrained}",
+            "--learning_rate=0.1",
+        ),
+    }
+    finished = run_all(
+        {
+            name: (
+                binary_command(f"--model_dir={tmp_path / name}", *flags, *common),
+                tmp_path / f"{name}.log",
+            )
+            for name, flags in runs.items()
+        }
+    )
+    for name in runs:
+        assert_succeeded(finished[name])
+        model = read_json(tmp_path / name / "config.json")["model"]
+        assert (model["resnet_depth"], model["width_multiplier"]) == (18, 1 / 16)
+        assert model["sk_ratio"] == 0.0625 and model["reference_resnet_d"]
+        assert model["initial_conv_before_bn"] and model["num_classes"] == 4
+    result = read_json(tmp_path / "finetune" / "result.json")
+    assert result["eval"]["num_examples"] == 64
+    assert 0.0 <= result["eval"]["label_top_1_accuracy"] <= 1.0
+    # The fine-tuned encoder started from the reference's weights (the learning rate is ~0).
+    trained = model_weights(tmp_path / "finetune" / "ckpt" / "ckpt-2")
+    kernel = trained["model/encoder/stem/convs/0/conv/kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+    np.testing.assert_allclose(kernel, network.layers[0].weights["kernel"], atol=1e-6)
+    student = read_json(tmp_path / "distill" / "result.json")
+    assert math.isfinite(student["train"]["distill_loss"])
+    assert "initialised from" in finished["distill"].output

@@ -18,6 +18,7 @@ import typing
 
 import numpy as np
 import pytest
+import reference_writer
 import tensorflow as tf
 from absl import flags
 from binary_runs import (
@@ -216,6 +217,20 @@ def test_configs_from_flags_rejects_with_the_flag_name(tmp_path, argv, named):
     with pytest.raises(ValueError, match=named):
         parse(tmp_path, *argv)
     assert not (tmp_path / "run").exists()
+
+
+def test_reference_checkpoints_are_sources(tmp_path):
+    """A released reference folder (holding saved_model/) and a TF1 checkpoint folder are
+    taken by --checkpoint and --teacher (the architecture is read from them later)."""
+    network = reference_writer.build_network(reference_writer.Architecture(18, 1 / 16), 1)
+    released = tmp_path / "r18"
+    reference_writer.write_tf2_saved_model(network, str(released / "saved_model"))
+    tf1 = tmp_path / "tf1"
+    reference_writer.write_tf1_checkpoint(network, str(tf1))
+    config = parse(tmp_path, "--train_mode=finetune", f"--checkpoint={released}")
+    assert config.train.init_checkpoint == str(released)
+    config = parse(tmp_path, "--train_mode=distill", f"--teacher={tf1}")
+    assert config.train.teacher == str(tf1)
 
 
 def test_good_flags_parse_into_the_configs(tmp_path):
