@@ -249,7 +249,7 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
     if is_reference_checkpoint(source):
         checkpoint = reference.read_reference_checkpoint(source)
         with_head = "supervised_head" in parts
-        selector = model.config.ft_proj_selector if with_head else None
+        selector = model.config.ft_proj_selector if with_head and checkpoint.num_classes else None
         _check(repr(source), checkpoint.model_config(with_head, selector), model, parts)
         reference.restore_reference_weights(model, checkpoint, parts)
         logger.info("Restored %s from %s", ", ".join(parts), source)

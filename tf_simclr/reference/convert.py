@@ -91,6 +91,13 @@ class ReferenceCheckpoint:
             return self.selector_choices[0]
         folder = folder_selector(self.path)
         if folder is not None and folder[1] in self.selector_choices:
+            logger.info(
+                "%s: the supervised head reads %s (ft_proj_selector=%d, folder %s)",
+                self.path,
+                _output_name(folder[1]),
+                folder[1],
+                folder[0],
+            )
             return folder[1]
         raise ValueError(
             f"{self.path} has a supervised head ({self.num_classes} classes) reading a "
@@ -108,6 +115,11 @@ class ReferenceCheckpoint:
         self, include_supervised_head: bool = True, ft_proj_selector: int | None = None
     ) -> ModelConfig:
         """The architecture to build: with the supervised head when asked and present."""
+        if include_supervised_head and not self.num_classes and ft_proj_selector is not None:
+            raise ValueError(
+                f"{self.path} has no supervised head for ft_proj_selector={ft_proj_selector} to "
+                "feed; leave ft_proj_selector out."
+            )
         if not include_supervised_head or not self.num_classes:
             return self.config
         return dataclasses.replace(
@@ -212,9 +224,10 @@ def load_reference_model(
     use_ema: bool = False,
     include_supervised_head: bool = True,
 ) -> tuple[SimCLRModel, ReferenceCheckpoint]:
-    """A SimCLRModel (plain batch norm, float32) holding the reference checkpoint at ``path``,
-    with its supervised head unless ``include_supervised_head`` is False (see
-    :meth:`ReferenceCheckpoint.ft_proj_selector` for ``ft_proj_selector``)."""
+    """``(model, checkpoint)``: a SimCLRModel (plain batch norm, float32) holding the reference
+    checkpoint at ``path``, with its supervised head unless ``include_supervised_head`` is False
+    (see :meth:`ReferenceCheckpoint.ft_proj_selector` for ``ft_proj_selector``), and what
+    :func:`read_reference_checkpoint` read from it."""
     checkpoint = read_reference_checkpoint(path, use_ema)
     config = checkpoint.model_config(include_supervised_head, ft_proj_selector)
     model = SimCLRModel(config).build_for_size()

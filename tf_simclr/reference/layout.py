@@ -87,7 +87,9 @@ class _Units:
         self.counts[tf1_layer] += 1
         return f"{self.tf1_scope}/{tf1_layer}" + (f"_{count}" if count else "")
 
-    def conv(self, ours: str, tf2_path: str, size: int, channels_in: int, channels_out: int):
+    def conv(
+        self, ours: str, tf2_path: str, size: int, channels_in: int, channels_out: int
+    ) -> None:
         name = self._name(tf2_path, "conv2d")
         shape = (size, size, channels_in, channels_out)
         self.units.append(Unit(ours, name, (("kernel", shape),)))
@@ -112,9 +114,10 @@ def encoder_units(config: ModelConfig, fmt: str) -> list[Unit]:
         units.batch_norm("encoder.stem.convs.0.bn", f"{stem}/2/bn", width)
     elif config.sk_ratio > 0:
         half = max(width // 2, 1)
-        channels = ((3, half), (half, half), (half, width))
+        stem_channels = ((3, half), (half, half), (half, width))
+        # Identity and max-pool layers sit at indices 5, 7, 8 of the stem's list.
         for i, ((channels_in, channels_out), conv, bn) in enumerate(
-            zip(channels, (0, 2, 4), (1, 3, 6), strict=True)
+            zip(stem_channels, (0, 2, 4), (1, 3, 6), strict=True)
         ):
             ours = f"encoder.stem.convs.{i}"
             units.conv(f"{ours}.conv", f"{stem}/{conv}/conv2d", 3, channels_in, channels_out)
