@@ -569,7 +569,11 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
     for text, met, evidence in targets(summary, probes):
         status = "not run" if met is None else "**met**" if met else "**missed**"
         lines.append(f"| {text} | {status} | {evidence} |")
-    encoder = settings.encoder or f"pretrained here, {settings.pretrain_epochs:g} epochs"
+    encoder = (
+        os.path.relpath(settings.encoder, REPO_ROOT)
+        if settings.encoder
+        else f"pretrained here, {settings.pretrain_epochs:g} epochs"
+    )
     lines += [
         "",
         "Cells: top-1 on the 10,000 test images, mean ± sample standard deviation (number of "
