@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 from binary_runs import read_events
 
+from tf_simclr import checkpoints
 from tf_simclr.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
 from tf_simclr.data import build_dataset, build_distributed_dataset, load_source
 from tf_simclr.models import SimCLRModel
@@ -230,6 +231,7 @@ def regression_setup(strategy, poison_step: int = 0):
 
 
 def settings(model_dir, total_steps, steps_per_loop=3, checkpoint_steps=2):
+    """The loop's settings, resuming from the newest usable checkpoint as the runner does."""
     return loop.LoopSettings(
         model_dir=str(model_dir),
         total_steps=total_steps,
@@ -238,6 +240,7 @@ def settings(model_dir, total_steps, steps_per_loop=3, checkpoint_steps=2):
         keep_checkpoint_max=10,
         global_batch_size=BATCH,
         steps_per_epoch=10,
+        resume_from=checkpoints.newest_usable_checkpoint(str(model_dir)),
     )
 
 

@@ -2,9 +2,12 @@
 
 ``steps_per_loop`` steps run inside one ``tf.function`` through ``strategy.run``; each replica's
 loss is divided by the number of replicas because gradients are summed across replicas. The loop
-resumes from the newest checkpoint in ``model_dir/ckpt`` (model, optimizer slots and step), logs
-every metric to TensorBoard (``model_dir/train``) and to the terminal, stops on a non-finite loss
-without overwriting the last good checkpoint, and saves at ``checkpoint_steps`` boundaries.
+resumes from the checkpoint it is given (model, optimizer slots and step), logs every metric to
+TensorBoard (``model_dir/train``) and to the terminal, and saves at ``checkpoint_steps``
+boundaries. Only finite state is saved: the loop stops on a non-finite loss, and at every
+checkpoint boundary it first checks that every model, optimizer and checkpointed variable is
+finite (the loss is computed before the update, so the update that blows the weights up would
+otherwise be saved). A save that fails (full disk, interruption) leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -20,19 +23,23 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint
+from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint, remove_unfinished_save
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or Inf."""
+    """Raised when the training loss, or a variable at a checkpoint boundary, is NaN or Inf."""
 
 
 @dataclasses.dataclass
 class LoopSettings:
-    """What the loop needs to know about the run (derived from TrainConfig by the phase)."""
+    """What the loop needs to know about the run (derived from TrainConfig by the phase).
+
+    ``resume_from`` is the checkpoint to continue from (None: a fresh run), normally
+    :func:`tf_simclr.checkpoints.newest_usable_checkpoint` of ``model_dir``.
+    """
 
     model_dir: str
     total_steps: int
@@ -42,6 +49,7 @@ class LoopSettings:
     global_batch_size: int
     steps_per_epoch: int
     jit_compile: bool = False
+    resume_from: str | None = None
 
 
 @dataclasses.dataclass
@@ -92,11 +100,11 @@ def train(
     iterator_factory: Callable[[int], Iterator],
     settings: LoopSettings,
 ) -> dict[str, float]:
-    """Train to ``settings.total_steps``, resuming from the newest checkpoint.
+    """Train to ``settings.total_steps``, resuming from ``settings.resume_from``.
 
     ``iterator_factory(start_step)`` returns the distributed input iterator positioned at
     ``start_step`` (deterministic pipelines skip what was consumed; others just restart).
-    Returns the last logged scalars.
+    Returns the last logged scalars (none when there was nothing left to train).
     """
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, **functions.checkpoint_objects
@@ -106,10 +114,12 @@ def train(
     )
     # Every worker resumes from the chief's checkpoints: a non-chief's scratch folder may be
     # missing or older than the chief's (it is deleted at the end of each run).
-    latest = latest_checkpoint(settings.model_dir)
-    if latest:
-        checkpoint.restore(latest).expect_partial()
-        logger.info("resumed from %s", latest)
+    if settings.resume_from:
+        checkpoint.restore(settings.resume_from).expect_partial()
+        logger.info("resumed from %s", settings.resume_from)
+    finite = FiniteCheck(
+        [model, optimizer, *functions.checkpoint_objects.values()], settings.model_dir
+    )
     start_step = int(optimizer.iterations.numpy())
     chief = is_chief(strategy)
     writer = (
@@ -143,7 +153,8 @@ def train(
         scalars["images_per_second"] = count * settings.global_batch_size / elapsed
         scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
         if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
-            manager.save(checkpoint_number=step)
+            finite.check(step)
+            _save(manager, step)
             if functions.on_checkpoint is not None:
                 scalars.update(functions.on_checkpoint(step))
         _write_scalars(writer, scalars, step)
@@ -152,6 +163,48 @@ def train(
     if not chief:
         shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
     return scalars
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> None:
+    """Save checkpoint ``step``; if the save fails, remove what it wrote before re-raising."""
+    try:
+        manager.save(checkpoint_number=step)
+    except BaseException:
+        remove_unfinished_save(os.path.join(manager.directory, f"ckpt-{step}"))
+        raise
+
+
+class FiniteCheck:
+    """Checks, in one ``tf.function``, that every floating-point variable of ``holders``
+    (models, optimizers, ``tf.Module`` s) is finite; :meth:`check` raises
+    :class:`NonFiniteLossError` naming the first offenders otherwise."""
+
+    def __init__(self, holders: list, model_dir: str) -> None:
+        seen: set[int] = set()
+        self._variables = []
+        for holder in holders:
+            for variable in holder.variables:
+                if variable.dtype.is_floating and id(variable) not in seen:
+                    seen.add(id(variable))
+                    self._variables.append(variable)
+        self._model_dir = model_dir
+        self._flags = tf.function(self._finite_flags)
+
+    def _finite_flags(self) -> tf.Tensor:
+        return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables])
+
+    def check(self, step: int) -> None:
+        flags = self._flags().numpy()
+        if flags.all():
+            return
+        names = [v.name for v, ok in zip(self._variables, flags, strict=True) if not ok]
+        latest = latest_checkpoint(self._model_dir)
+        raise NonFiniteLossError(
+            f"non-finite weights after step {step}: {len(names)} of {len(flags)} variables hold "
+            f"NaN or Inf ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); stopped "
+            f"without saving, the newest checkpoint ({latest or 'none yet'}) is the last finite "
+            "one. Lower --learning_rate, check the data, or use --precision=float32."
+        )
 
 
 class TrainFunction:
