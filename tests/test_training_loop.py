@@ -320,6 +320,33 @@ def test_loop_stops_on_a_non_finite_loss_without_saving(tmp_path):
     np.testing.assert_allclose(restored.get_weights()[0], sgd_reference(2), rtol=1e-5)
 
 
+@pytest.mark.parametrize("holder", ["model", "checkpoint_object"])
+def test_loop_never_saves_non_finite_weights(tmp_path, holder):
+    # The update of step 4 (a checkpoint boundary) makes one of the 3 float variables (kernel,
+    # checkpointed counter, SGD learning rate) infinite while every loss so far was finite:
+    # step 4 must not be saved, and the error names the last finite checkpoint.
+    strategy = tf.distribute.get_strategy()
+    model, optimizer, functions, factory, _ = regression_setup(strategy)
+    extra = tf.Module()
+    extra.counter = tf.Variable(0.0)
+    functions.checkpoint_objects["extra"] = extra
+    target = model.trainable_variables[0] if holder == "model" else extra.counter
+
+    def blow_up_at_step_4(batch):
+        target.assign_add(tf.where(optimizer.iterations == 4, np.inf, 0.0) * tf.ones_like(target))
+
+    functions.after_step = blow_up_at_step_4
+    with pytest.raises(loop.NonFiniteLossError) as stopped:
+        loop.train(
+            strategy, model, optimizer, functions, factory, settings(tmp_path, 6, steps_per_loop=1)
+        )
+    assert "non-finite weights after step 4: 1 of 3 variables" in str(stopped.value)
+    assert target.name in str(stopped.value)
+    assert f"{tmp_path / 'ckpt' / 'ckpt-2'}, is the last finite one" in str(stopped.value)
+    assert ckpt_steps(tmp_path) == [2]
+    assert checkpoints.newest_usable_checkpoint(str(tmp_path)).endswith("ckpt-2")
+
+
 def test_two_replicas_follow_the_single_device_trajectory(two_replica_strategy, tmp_path):
     # Each replica's mean loss is divided by the replica count and the gradients are summed:
     # the update is the gradient of the global-batch mean, as on one device.

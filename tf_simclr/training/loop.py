@@ -117,9 +117,7 @@ def train(
     if settings.resume_from:
         checkpoint.restore(settings.resume_from).expect_partial()
         logger.info("resumed from %s", settings.resume_from)
-    finite = FiniteCheck(
-        [model, optimizer, *functions.checkpoint_objects.values()], settings.model_dir
-    )
+    finite = FiniteCheck([model, optimizer, *functions.checkpoint_objects.values()])
     start_step = int(optimizer.iterations.numpy())
     chief = is_chief(strategy)
     writer = (
@@ -137,6 +135,7 @@ def train(
         _write_scalars(writer, initial, 0)
         logger.info("step 0 %s", " ".join(f"{k}={v:.4g}" for k, v in initial.items()))
     started = time.time()
+    saved = False  # whether this call wrote a checkpoint yet
     while step < settings.total_steps:
         next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps
         count = min(settings.steps_per_loop, settings.total_steps - step, next_checkpoint - step)
@@ -145,16 +144,17 @@ def train(
         step = int(optimizer.iterations.numpy())
         elapsed = max(time.time() - loop_start, 1e-9)
         if not all(math.isfinite(value) for value in scalars.values()):
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} ({scalars}); stopped without saving, the last "
-                f"good checkpoint in {manager.directory} is intact. Lower --learning_rate, "
-                "check the data, or use --precision=float32."
-            )
+            raise _non_finite(f"non-finite loss at step {step} ({scalars})", settings, saved)
         scalars["images_per_second"] = count * settings.global_batch_size / elapsed
         scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
         if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
-            finite.check(step)
+            offenders = finite.non_finite()
+            if offenders:
+                listed = ", ".join(offenders[:5]) + (" ..." if len(offenders) > 5 else "")
+                what = f"non-finite weights after step {step}: {len(offenders)} of {finite.count}"
+                raise _non_finite(f"{what} variables hold NaN or Inf ({listed})", settings, saved)
             _save(manager, step)
+            saved = True
             if functions.on_checkpoint is not None:
                 scalars.update(functions.on_checkpoint(step))
         _write_scalars(writer, scalars, step)
@@ -174,12 +174,33 @@ def _save(manager: tf.train.CheckpointManager, step: int) -> None:
         raise
 
 
-class FiniteCheck:
-    """Checks, in one ``tf.function``, that every floating-point variable of ``holders``
-    (models, optimizers, ``tf.Module`` s) is finite; :meth:`check` raises
-    :class:`NonFiniteLossError` naming the first offenders otherwise."""
+def _non_finite(what: str, settings: LoopSettings, saved: bool) -> NonFiniteLossError:
+    """The error of a non-finite stop: what went wrong, which checkpoint is left and what to do.
 
-    def __init__(self, holders: list, model_dir: str) -> None:
+    A finite checkpoint may already have diverged (e.g. huge weights and optimizer slots after
+    one step at an absurd learning rate): when a resumed run goes non-finite again before its
+    first new checkpoint, resuming from that checkpoint is not a way out, and the message says so.
+    """
+    latest = latest_checkpoint(settings.model_dir)
+    advice = "Lower --learning_rate, check the data, or use --precision=float32."
+    if settings.resume_from and not saved:
+        advice = (
+            f"This run resumed from {settings.resume_from} and went non-finite before writing a "
+            "new checkpoint, so that checkpoint has probably diverged already: start over with "
+            "a lower --learning_rate in a new --model_dir (--checkpoint=<an earlier "
+            "checkpoint> starts it from earlier weights)."
+        )
+    return NonFiniteLossError(
+        f"{what}; stopped without saving: the newest checkpoint, "
+        f"{latest or 'none yet'}, is the last finite one. {advice}"
+    )
+
+
+class FiniteCheck:
+    """Checks, in one ``tf.function``, which floating-point variables of ``holders`` (models,
+    optimizers, ``tf.Module`` s) are not finite."""
+
+    def __init__(self, holders: list) -> None:
         seen: set[int] = set()
         self._variables = []
         for holder in holders:
@@ -187,24 +208,20 @@ class FiniteCheck:
                 if variable.dtype.is_floating and id(variable) not in seen:
                     seen.add(id(variable))
                     self._variables.append(variable)
-        self._model_dir = model_dir
         self._flags = tf.function(self._finite_flags)
+
+    @property
+    def count(self) -> int:
+        """How many variables are checked."""
+        return len(self._variables)
 
     def _finite_flags(self) -> tf.Tensor:
         return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables])
 
-    def check(self, step: int) -> None:
+    def non_finite(self) -> list[str]:
+        """Names of the variables holding NaN or Inf (none: every one is finite)."""
         flags = self._flags().numpy()
-        if flags.all():
-            return
-        names = [v.name for v, ok in zip(self._variables, flags, strict=True) if not ok]
-        latest = latest_checkpoint(self._model_dir)
-        raise NonFiniteLossError(
-            f"non-finite weights after step {step}: {len(names)} of {len(flags)} variables hold "
-            f"NaN or Inf ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); stopped "
-            f"without saving, the newest checkpoint ({latest or 'none yet'}) is the last finite "
-            "one. Lower --learning_rate, check the data, or use --precision=float32."
-        )
+        return [v.name for v, ok in zip(self._variables, flags, strict=True) if not ok]
 
 
 class TrainFunction:
