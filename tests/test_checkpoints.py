@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import reference_writer as writer
 import tensorflow as tf
+from binary_runs import truncate_data_file
 
 from tf_simclr import ModelConfig, SimCLRModel, checkpoints
 
@@ -91,16 +92,6 @@ def test_a_teacher_reads_the_folders_choice_of_head_input(finetuned, tmp_path):
 
 
 # ------------------------------------------------------- integrity of tf-simclr checkpoints
-
-
-def truncate_data_file(prefix: str) -> str:
-    """Cut the data file of ``prefix`` in half (as a kill or a full disk would); its path."""
-    folder, name = os.path.split(prefix)
-    (data,) = (entry for entry in os.listdir(folder) if entry.startswith(f"{name}.data-"))
-    path = os.path.join(folder, data)
-    with open(path, "r+b") as handle:
-        handle.truncate(os.path.getsize(path) // 2)
-    return path
 
 
 @pytest.fixture

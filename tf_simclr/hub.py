@@ -245,7 +245,7 @@ def check_export_dir(
     if others:
         listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
         raise FileExistsError(
-            f"{export_dir} is not empty and holds more than a SavedModel ({listed}); export "
+            f"{export_dir} holds files that are not part of a SavedModel ({listed}); export "
             f"into a new or empty directory ({overwrite_option} only replaces a previous module)."
         )
     if not overwrite:
