@@ -55,19 +55,20 @@ class PhaseRunner:
         )
 
     def recorded_result(self) -> dict | None:
-        """``result.json`` of a run that already did everything ``mode`` asks for: trained to
-        :attr:`total_steps` (by its newest checkpoint) and recorded the sections of ``mode``
-        (``train``; ``eval`` too for ``train_then_eval``). None otherwise, and for
+        """``result.json`` of a run that already did everything ``mode`` asks for: its train
+        section records :attr:`total_steps` (and an eval section exists for
+        ``train_then_eval``), and its newest checkpoint is that step's. None otherwise, and for
         ``mode=eval``, which evaluates again."""
         train = self.config.train
         if train.mode == "eval":
             return None
         latest = checkpoints.latest_checkpoint(train.model_dir)
-        if latest is None or checkpoints.checkpoint_step(latest) < self.total_steps:
+        if latest is None or checkpoints.checkpoint_step(latest) != self.total_steps:
             return None
         recorded = _read_result(train.model_dir)
-        sections = ("train", "eval") if train.mode == "train_then_eval" else ("train",)
-        return recorded if all(name in recorded for name in sections) else None
+        if recorded.get("train", {}).get("global_step") != self.total_steps:
+            return None
+        return recorded if train.mode == "train" or "eval" in recorded else None
 
     def train(self) -> dict[str, float]:
         """Train from the newest usable checkpoint (or the phase's initial weights) to
@@ -199,8 +200,13 @@ class PhaseRunner:
         recorded = _read_result(train.model_dir)
         result: dict = {"train_mode": train.train_mode}
         if train.mode in ("train", "train_then_eval"):
+            scalars = self.train()
             # Nothing left to train (e.g. killed after its last checkpoint): keep the record.
-            result["train"] = self.train() or recorded.get("train", {})
+            result["train"] = (
+                {**scalars, "global_step": self.total_steps}
+                if scalars
+                else recorded.get("train", {})
+            )
         if train.mode == "train_then_eval":
             result["eval"] = self.evaluate(self.model)
         if train.mode == "eval":
