@@ -157,8 +157,8 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
             checkpoints.is_reference_checkpoint(path) or checkpoints.is_hub_module(path)
         ):
             try:
-                checkpoints.find_checkpoint(path)
-            except FileNotFoundError as error:
+                checkpoints.find_usable_checkpoint(path)
+            except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
     if values["strategy"] != "tpu" and values["tpu"]:
         raise ValueError("--tpu is only used with --strategy=tpu.")

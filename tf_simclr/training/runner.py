@@ -56,9 +56,9 @@ class PhaseRunner:
 
     def recorded_result(self) -> dict | None:
         """``result.json`` of a run that already did everything ``mode`` asks for: its train
-        section records :attr:`total_steps` (and an eval section exists for
-        ``train_then_eval``), and its newest checkpoint is that step's. None otherwise, and for
-        ``mode=eval``, which evaluates again."""
+        section (and for ``train_then_eval`` its eval section) records :attr:`total_steps`, and
+        its newest checkpoint is that step's. None otherwise, and for ``mode=eval``, which
+        evaluates again."""
         train = self.config.train
         if train.mode == "eval":
             return None
@@ -66,9 +66,9 @@ class PhaseRunner:
         if latest is None or checkpoints.checkpoint_step(latest) != self.total_steps:
             return None
         recorded = _read_result(train.model_dir)
-        if recorded.get("train", {}).get("global_step") != self.total_steps:
-            return None
-        return recorded if train.mode == "train" or "eval" in recorded else None
+        sections = ("train", "eval") if train.mode == "train_then_eval" else ("train",)
+        steps = [recorded.get(name, {}).get("global_step") for name in sections]
+        return recorded if steps == [self.total_steps] * len(sections) else None
 
     def train(self) -> dict[str, float]:
         """Train from the newest usable checkpoint (or the phase's initial weights) to
