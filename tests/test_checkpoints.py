@@ -168,3 +168,14 @@ def test_an_unfinished_save_is_removed_unless_it_was_recorded(model_dir):
     recorded = sorted(os.listdir(ckpt))
     checkpoints.remove_unfinished_save(str(ckpt / "ckpt-3"))  # the newest recorded: complete
     assert sorted(os.listdir(ckpt)) == recorded
+
+
+def test_a_checkpoint_whose_data_is_gone_is_named_not_probed(model_dir):
+    # The reference-format probe reads the object graph from the data file; an empty data file
+    # must still reach the usable-checkpoint door, which names it.
+    prefix = model_dir / "ckpt" / "ckpt-1"
+    (data,) = (model_dir / "ckpt").glob("ckpt-1.data-*")
+    data.write_bytes(b"")
+    assert not checkpoints.is_reference_checkpoint(str(prefix))
+    with pytest.raises(ValueError, match=r"ckpt-1 cannot be read"):
+        checkpoints.find_usable_checkpoint(str(prefix))

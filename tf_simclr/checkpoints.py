@@ -281,8 +281,13 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
 
 def is_reference_checkpoint(path: str) -> bool:
     """True for a checkpoint of the reference implementation (:func:`tf_simclr.reference.locate`:
-    a TF2 training checkpoint, a TF2 SavedModel or a TF1 checkpoint, as a directory or prefix)."""
-    return reference.locate(path) is not None
+    a TF2 training checkpoint, a TF2 SavedModel or a TF1 checkpoint, as a directory or prefix).
+    False for a checkpoint that cannot be read (e.g. truncated): the tf-simclr path then names
+    it and the reason (:func:`find_usable_checkpoint`)."""
+    try:
+        return reference.locate(path) is not None
+    except Exception:  # whatever the reader raises, the checkpoint cannot be read
+        return False
 
 
 def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
