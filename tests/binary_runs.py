@@ -181,6 +181,16 @@ def checkpoint_steps(model_dir: Path) -> list[int]:
     return sorted(int(name[len("ckpt-") : -len(".index")]) for name in names)
 
 
+def truncate_data_file(prefix: Path | str) -> Path:
+    """Cut the data file of checkpoint ``prefix`` in half, as a kill or a full disk during the
+    save would; returns its path."""
+    prefix = Path(prefix)
+    (data,) = prefix.parent.glob(f"{prefix.name}.data-*")
+    with open(data, "r+b") as handle:
+        handle.truncate(data.stat().st_size // 2)
+    return data
+
+
 def model_weights(prefix: Path | str) -> dict[str, np.ndarray]:
     """Every model variable of a checkpoint (optimizer slots and counters left out)."""
     import tensorflow as tf

@@ -1,16 +1,21 @@
-"""tf_simclr.checkpoints with checkpoints of the reference implementation: the door reads
+"""tf_simclr.checkpoints: with checkpoints of the reference implementation, the door reads
 their architecture and restores them wherever it takes a source (``--checkpoint``,
-``--teacher``), under any strategy."""
+``--teacher``), under any strategy; its integrity checks tell which checkpoints are usable
+(readable and finite), fall back to the newest usable one with a warning naming each skipped
+one, and clean up saves that did not finish."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import re
 
 import numpy as np
 import pytest
 import reference_writer as writer
 import tensorflow as tf
+from binary_runs import truncate_data_file
 
 from tf_simclr import ModelConfig, SimCLRModel, checkpoints
 
@@ -84,3 +89,93 @@ def test_a_teacher_reads_the_folders_choice_of_head_input(finetuned, tmp_path):
     unsettled = writer.write_tf1_checkpoint(network, str(tmp_path / "somewhere"))
     with pytest.raises(ValueError, match="ft_proj_selector"):
         checkpoints.load_model_config(unsettled)
+
+
+# ------------------------------------------------------- integrity of tf-simclr checkpoints
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A model_dir with checkpoints 1 (finite), 2 (one variable NaN) and 3 (truncated)."""
+    weights = tf.Variable(np.ones(2000, np.float32))
+    scale = tf.Variable(1.0)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(weights=weights, scale=scale), str(tmp_path / "ckpt"), max_to_keep=9
+    )
+    manager.save(checkpoint_number=1)
+    scale.assign(np.nan)
+    manager.save(checkpoint_number=2)
+    scale.assign(2.0)
+    truncate_data_file(manager.save(checkpoint_number=3))
+    return tmp_path
+
+
+def test_problems_name_the_reason(model_dir):
+    ckpt = model_dir / "ckpt"
+    assert checkpoints.checkpoint_problem(str(ckpt / "ckpt-1")) is None
+    assert checkpoints.checkpoint_problem(str(ckpt / "ckpt-2")) == (
+        "has 1 variables holding NaN or Inf (scale)"
+    )
+    assert "Read less bytes than requested" in checkpoints.checkpoint_problem(str(ckpt / "ckpt-3"))
+    assert "cannot be read" in checkpoints.checkpoint_problem(str(ckpt / "ckpt-9"))
+
+
+def test_the_newest_usable_checkpoint_is_found_with_a_warning_per_skipped_one(model_dir, caplog):
+    ckpt = model_dir / "ckpt"
+    assert checkpoints.recorded_checkpoints(str(ckpt)) == [
+        str(ckpt / f"ckpt-{step}") for step in (3, 2, 1)
+    ]
+    with caplog.at_level(logging.WARNING, logger="tf_simclr"):
+        assert checkpoints.newest_usable_checkpoint(str(model_dir)) == str(ckpt / "ckpt-1")
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2
+    assert f"{ckpt / 'ckpt-3'}: it cannot be read" in warnings[0]
+    assert "Read less bytes" in warnings[0]
+    assert f"{ckpt / 'ckpt-2'}: it has 1 variables holding NaN or Inf (scale)" in warnings[1]
+    assert checkpoints.find_usable_checkpoint(str(model_dir)) == (
+        str(ckpt / "ckpt-1"),
+        str(model_dir),
+    )
+
+
+def test_an_unusable_checkpoint_prefix_is_refused_by_name(model_dir):
+    prefix = str(model_dir / "ckpt" / "ckpt-3")
+    with pytest.raises(
+        ValueError, match=rf"the checkpoint {re.escape(prefix)} cannot be read .*Read less"
+    ):
+        checkpoints.find_usable_checkpoint(prefix)
+    os.remove(str(model_dir / "ckpt" / "ckpt-1.index"))
+    with pytest.raises(ValueError, match=r"no usable checkpoint in .*ckpt"):
+        checkpoints.find_usable_checkpoint(str(model_dir))
+    assert checkpoints.newest_usable_checkpoint(str(model_dir / "nothing")) is None
+
+
+def test_stale_temp_folders_are_removed(model_dir):
+    stale = model_dir / "ckpt" / "ckpt-4_temp"
+    stale.mkdir()
+    (stale / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    assert checkpoints.remove_stale_temp_folders(str(model_dir)) == [str(stale)]
+    assert not stale.exists()
+    assert sorted(os.listdir(model_dir / "ckpt"))[0] == "checkpoint"
+
+
+def test_an_unfinished_save_is_removed_unless_it_was_recorded(model_dir):
+    ckpt = model_dir / "ckpt"
+    (ckpt / "ckpt-4_temp").mkdir()
+    (ckpt / "ckpt-4.data-00000-of-00001").write_bytes(b"half")
+    checkpoints.remove_unfinished_save(str(ckpt / "ckpt-4"))
+    assert not [name for name in os.listdir(ckpt) if name.startswith("ckpt-4")]
+    recorded = sorted(os.listdir(ckpt))
+    checkpoints.remove_unfinished_save(str(ckpt / "ckpt-3"))  # the newest recorded: complete
+    assert sorted(os.listdir(ckpt)) == recorded
+
+
+def test_a_checkpoint_whose_data_is_gone_is_named_not_probed(model_dir):
+    # The reference-format probe reads the object graph from the data file; an empty data file
+    # must still reach the usable-checkpoint door, which names it.
+    prefix = model_dir / "ckpt" / "ckpt-1"
+    (data,) = (model_dir / "ckpt").glob("ckpt-1.data-*")
+    data.write_bytes(b"")
+    assert not checkpoints.is_reference_checkpoint(str(prefix))
+    with pytest.raises(ValueError, match=r"ckpt-1 cannot be read"):
+        checkpoints.find_usable_checkpoint(str(prefix))

@@ -1,13 +1,24 @@
-"""tf-simclr-export converts checkpoints of the reference implementation (google-research/simclr)
-in each of its formats into the usual TF-Hub module, which computes the reference's endpoints
-and fine-tunes with ``hub.KerasLayer(trainable=True)``.
+"""tf-simclr-export (``python -m tf_simclr.export_hub``) as a user meets it.
 
-The checkpoints are written by ``tests/reference_writer.py`` (random weights, the reference's
-names); the binary runs as a user runs it, in child processes (``tests/binary_runs.py``).
+It converts checkpoints of the reference implementation (google-research/simclr) in each of its
+formats into the usual TF-Hub module, which computes the reference's endpoints and fine-tunes
+with ``hub.KerasLayer(trainable=True)``; the checkpoints are written by
+``tests/reference_writer.py`` (random weights, the reference's names).
+
+Everything that can be checked without the weights is refused before they are restored, with
+exit status 2 and a message naming the checkpoint or the directory; ``--overwrite`` replaces a
+previous module and never unrelated files; a truncated newest checkpoint of a model_dir gives way
+to the newest readable one. Those checkpoints are written in this process (a tiny ResNet-18, no
+training), so the only cost is the binary's start-up and export.
+
+The binary runs in child processes (``tests/binary_runs.py``), every case of a test at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 import sys
 
 import numpy as np
@@ -16,9 +27,10 @@ import reference_writer as writer
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras as keras
-from binary_runs import assert_succeeded, run_all
+from binary_runs import assert_succeeded, run_all, truncate_data_file
 
-from tf_simclr.hub import read_module_info
+from tf_simclr import ModelConfig, SimCLRModel
+from tf_simclr.hub import read_module_info, save_hub_module
 
 # A 10% fine-tune (its supervised head reads proj_head_1) of a ResNet-18 with the ResNet-D
 # stem and shortcuts: small, so that five exports run quickly side by side.
@@ -97,3 +109,110 @@ def test_every_reference_format_exports_a_fine_tunable_module(tmp_path):
             np.testing.assert_allclose(served, expected[endpoint], rtol=1e-4, atol=1e-4)
         loss, change = one_training_step(path)
         assert np.isfinite(loss) and change > 0, (name, loss, change)
+
+
+# ------------------------------------------- refusals and fall-back with tf-simclr checkpoints
+
+CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.125, cifar_stem=True, num_proj_layers=2)
+NOTES = "my notes, not a module\n"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """A model_dir with checkpoints 1 and 2, a copy whose ckpt-2 is truncated, a module exported
+    from step 1, and the finished export runs of every case, by name."""
+    root = tmp_path_factory.mktemp("export")
+    model = SimCLRModel(CONFIG).build_for_size(16)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), str(root / "run" / "ckpt"), max_to_keep=5
+    )
+    manager.save(checkpoint_number=1)
+    old_module = save_hub_module(model, str(root / "old_module"), step=1)
+    manager.save(checkpoint_number=2)
+    (root / "run" / "config.json").write_text(json.dumps({"model": dataclasses.asdict(CONFIG)}))
+    shutil.copytree(root / "run", root / "truncated")
+    truncate_data_file(root / "truncated" / "ckpt" / "ckpt-2")
+    for name in ("notes", "notes_overwrite"):
+        (root / name).mkdir()
+        (root / name / "notes.txt").write_text(NOTES)
+    for name in ("module", "module_overwrite"):
+        shutil.copytree(old_module, root / name)
+
+    run = f"--checkpoint={root / 'run'}"
+    cases = {
+        "notes": (run, f"--export_dir={root / 'notes'}"),
+        "notes_overwrite": (run, f"--export_dir={root / 'notes_overwrite'}", "--overwrite"),
+        "module": (run, f"--export_dir={root / 'module'}"),
+        "module_overwrite": (run, f"--export_dir={root / 'module_overwrite'}", "--overwrite"),
+        "hub_module_as_checkpoint": (
+            f"--checkpoint={old_module}",
+            f"--export_dir={root / 'from_module'}",
+        ),
+        "truncated_model_dir": (f"--checkpoint={root / 'truncated'}",),
+        "truncated_prefix": (
+            f"--checkpoint={root / 'truncated' / 'ckpt' / 'ckpt-2'}",
+            f"--export_dir={root / 'from_truncated'}",
+        ),
+    }
+    jobs = {name: (export_command(*flags), root / f"{name}.log") for name, flags in cases.items()}
+    return root, run_all(jobs)
+
+
+def assert_refused(finished, *phrases: str) -> None:
+    assert finished.returncode == 2, finished.tail()
+    assert "Traceback" not in finished.output
+    assert "Restored" not in finished.output, "refused only after restoring the checkpoint"
+    for phrase in phrases:
+        assert phrase in finished.output, finished.tail()
+
+
+@pytest.mark.slow
+def test_a_folder_with_other_files_is_refused_even_with_overwrite(exports):
+    root, finished = exports
+    for name in ("notes", "notes_overwrite"):
+        assert_refused(finished[name], str(root / name), "notes.txt", "--overwrite")
+        assert "overwrite=True" not in finished[name].output
+        assert sorted(path.name for path in (root / name).iterdir()) == ["notes.txt"]
+        assert (root / name / "notes.txt").read_text() == NOTES
+
+
+@pytest.mark.slow
+def test_a_previous_module_is_replaced_only_with_overwrite(exports):
+    root, finished = exports
+    assert_refused(finished["module"], str(root / "module"), "pass --overwrite")
+    assert read_module_info(str(root / "module")).step == 1
+    replaced = finished["module_overwrite"]
+    assert replaced.returncode == 0, replaced.tail()
+    assert read_module_info(str(root / "module_overwrite")).step == 2
+
+
+@pytest.mark.slow
+def test_a_hub_module_passed_as_checkpoint_is_refused_clearly(exports):
+    root, finished = exports
+    result = finished["hub_module_as_checkpoint"]
+    assert_refused(result, str(root / "old_module"), "already a TF-Hub module", "ckpt/ckpt-<step>")
+    assert "neither a model_dir" not in result.output
+    assert not (root / "from_module").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_checkpoint_gives_way_to_the_newest_readable_one(exports):
+    root, finished = exports
+    fallback = finished["truncated_model_dir"]
+    assert fallback.returncode == 0, fallback.tail()
+    truncated = root / "truncated" / "ckpt" / "ckpt-2"
+    assert f"skipping checkpoint {truncated}: it cannot be read" in fallback.output
+    assert "Read less bytes than requested" in fallback.output
+    assert read_module_info(str(root / "truncated" / "hub" / "1")).step == 1
+    assert not (root / "truncated" / "hub" / "2").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_prefix_is_refused_by_name(exports):
+    root, finished = exports
+    assert_refused(
+        finished["truncated_prefix"],
+        f"the checkpoint {root / 'truncated' / 'ckpt' / 'ckpt-2'} cannot be read",
+        "Read less bytes than requested",
+    )
+    assert not (root / "from_truncated").exists()

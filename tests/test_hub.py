@@ -518,12 +518,48 @@ def write_config(path, config: ModelConfig) -> str:
 
 def test_export_rejects_checkpoint_of_other_architecture(trained, tmp_path):
     wider = write_config(tmp_path / "wider.json", dataclasses.replace(CONFIG, width_multiplier=0.5))
+    out = str(tmp_path / "module")
     with pytest.raises(
         ValueError,
         match=r"112 variables have other shapes \(.*encoder\.block_groups\.0\.blocks\.0\.conv1\."
         r"conv\.kernel checkpoint \(3, 3, 16, 16\) vs config \(3, 3, 32, 32\)",
     ):
-        export_hub.export_checkpoint(trained.prefix, config_path=wider, export_dir=str(tmp_path))
+        export_hub.export_checkpoint(trained.prefix, config_path=wider, export_dir=out)
     no_head = write_config(tmp_path / "no_head.json", dataclasses.replace(CONFIG, num_classes=0))
     with pytest.raises(ValueError, match=r"no place in the configured model \(supervised_head"):
-        export_hub.export_checkpoint(trained.prefix, config_path=no_head, export_dir=str(tmp_path))
+        export_hub.export_checkpoint(trained.prefix, config_path=no_head, export_dir=out)
+
+
+def test_module_refuses_images_outside_0_1(trained):
+    # The contract is float32 in [0, 1]; 0-255 pixels used to run and return garbage (mean
+    # output 451 instead of about 0.8). A little overshoot (e.g. from bicubic resizing) passes.
+    module = hub.load(trained.full_module)
+    images = trained.images[SIZE]
+    overshoot = np.clip(images * 1.1 - 0.05, -0.05, 1.05).astype(np.float32)
+    np.testing.assert_allclose(
+        module(images, training=False)["final_avg_pool"],
+        trained.expected[SIZE]["final_avg_pool"],
+        atol=1e-5,
+    )
+    module(overshoot, training=False)
+    module.signatures["default"](images=tf.constant(overshoot))
+    wrong = {
+        "0-255 pixels": images * 255.0,
+        "standardised pixels": (images - 0.5) / 0.25,
+        "NaN": np.full_like(images, np.nan),
+    }
+    calls = {
+        "__call__": lambda x: module(x, training=False),
+        "__call__ training": lambda x: module(x, training=True),
+        "default": lambda x: module.signatures["default"](images=tf.constant(x)),
+        "block_group2": lambda x: module.signatures["block_group2"](images=tf.constant(x)),
+    }
+    accepted = []
+    for name, batch in wrong.items():
+        for call_name, call in calls.items():
+            try:
+                call(batch.astype(np.float32))
+                accepted.append(f"{name} by {call_name}")
+            except tf.errors.InvalidArgumentError as error:
+                assert "images must be float32 in [0, 1]" in str(error), str(error)
+    assert not accepted

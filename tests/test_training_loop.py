@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 from binary_runs import read_events
 
+from tf_simclr import checkpoints
 from tf_simclr.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
 from tf_simclr.data import build_dataset, build_distributed_dataset, load_source
 from tf_simclr.models import SimCLRModel
@@ -230,6 +231,7 @@ def regression_setup(strategy, poison_step: int = 0):
 
 
 def settings(model_dir, total_steps, steps_per_loop=3, checkpoint_steps=2):
+    """The loop's settings, resuming from the newest usable checkpoint as the runner does."""
     return loop.LoopSettings(
         model_dir=str(model_dir),
         total_steps=total_steps,
@@ -238,6 +240,7 @@ def settings(model_dir, total_steps, steps_per_loop=3, checkpoint_steps=2):
         keep_checkpoint_max=10,
         global_batch_size=BATCH,
         steps_per_epoch=10,
+        resume_from=checkpoints.newest_usable_checkpoint(str(model_dir)),
     )
 
 
@@ -315,6 +318,33 @@ def test_loop_stops_on_a_non_finite_loss_without_saving(tmp_path):
         tf.train.latest_checkpoint(str(tmp_path / "ckpt"))
     ).expect_partial()
     np.testing.assert_allclose(restored.get_weights()[0], sgd_reference(2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("holder", ["model", "checkpoint_object"])
+def test_loop_never_saves_non_finite_weights(tmp_path, holder):
+    # The update of step 4 (a checkpoint boundary) makes one of the 3 float variables (kernel,
+    # checkpointed counter, SGD learning rate) infinite while every loss so far was finite:
+    # step 4 must not be saved, and the error names the last finite checkpoint.
+    strategy = tf.distribute.get_strategy()
+    model, optimizer, functions, factory, _ = regression_setup(strategy)
+    extra = tf.Module()
+    extra.counter = tf.Variable(0.0)
+    functions.checkpoint_objects["extra"] = extra
+    target = model.trainable_variables[0] if holder == "model" else extra.counter
+
+    def blow_up_at_step_4(batch):
+        target.assign_add(tf.where(optimizer.iterations == 4, np.inf, 0.0) * tf.ones_like(target))
+
+    functions.after_step = blow_up_at_step_4
+    with pytest.raises(loop.NonFiniteLossError) as stopped:
+        loop.train(
+            strategy, model, optimizer, functions, factory, settings(tmp_path, 6, steps_per_loop=1)
+        )
+    assert "non-finite weights after step 4: 1 of 3 variables" in str(stopped.value)
+    assert target.name in str(stopped.value)
+    assert f"{tmp_path / 'ckpt' / 'ckpt-2'}, is the last finite one" in str(stopped.value)
+    assert ckpt_steps(tmp_path) == [2]
+    assert checkpoints.newest_usable_checkpoint(str(tmp_path)).endswith("ckpt-2")
 
 
 def test_two_replicas_follow_the_single_device_trajectory(two_replica_strategy, tmp_path):

@@ -6,16 +6,25 @@ implementation (google-research/simclr: TF2 checkpoints and SavedModels, TF1 che
 in here too, read by :mod:`tf_simclr.reference`, their architecture read from their weights.
 Used by the training binary (``--checkpoint``, ``--teacher``, evaluation) and the export
 binary; ``hub.py`` only writes and reads the SavedModels themselves.
+
+A checkpoint is *usable* when every one of its tensors can be read and every floating-point
+variable is finite. Resuming, evaluating and exporting from a model_dir take the newest usable
+checkpoint, naming each newer one they skip and why (a save cut short by a full disk or a kill,
+NaN weights written by an older version); an explicit checkpoint prefix that is not usable is
+refused with the same reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 
+import numpy as np
 import tensorflow as tf
 
 from tf_simclr import hub, reference
@@ -29,6 +38,8 @@ CONFIG_FILENAME = "config.json"
 MODEL_KEY = "model"
 MEMORY_NETWORK_KEY = "memory/network"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# tf.train.Checkpoint writes a save's shards into "<prefix>_temp/" before merging them.
+TEMP_SUFFIX = "_temp"
 MAX_LISTED = 5
 # ModelConfig fields that decide the variables and the forward pass of each part.
 ARCHITECTURE_FIELDS = {
@@ -259,7 +270,7 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
             model, source, require_all_parts=include_supervised_head, parts=parts
         )
         return
-    prefix, model_dir = find_checkpoint(source)
+    prefix, model_dir = find_usable_checkpoint(source)
     saved = read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
     _check(repr(source), saved, model, parts)
     layers = hub.model_parts(model)
@@ -270,8 +281,13 @@ def restore_weights(model: SimCLRModel, source: str, include_supervised_head: bo
 
 def is_reference_checkpoint(path: str) -> bool:
     """True for a checkpoint of the reference implementation (:func:`tf_simclr.reference.locate`:
-    a TF2 training checkpoint, a TF2 SavedModel or a TF1 checkpoint, as a directory or prefix)."""
-    return reference.locate(path) is not None
+    a TF2 training checkpoint, a TF2 SavedModel or a TF1 checkpoint, as a directory or prefix).
+    False for a checkpoint that cannot be read (e.g. truncated): the tf-simclr path then names
+    it and the reason (:func:`find_usable_checkpoint`)."""
+    try:
+        return reference.locate(path) is not None
+    except Exception:  # whatever the reader raises, the checkpoint cannot be read
+        return False
 
 
 def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
@@ -299,3 +315,99 @@ def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
         "Architecture of %s: %s", source, {field: getattr(found, field) for field in fields}
     )
     return dataclasses.replace(requested, **{field: getattr(found, field) for field in fields})
+
+
+# -- integrity: usable checkpoints, interrupted saves -----------------------------------------
+
+
+def checkpoint_problem(prefix: str) -> str | None:
+    """Why the checkpoint at ``prefix`` is not usable, or None when it is: a file that cannot be
+    read (missing, truncated, corrupt), or floating-point variables holding NaN or Inf (named).
+
+    Reads every tensor once, one at a time.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        non_finite = [
+            name.removesuffix(VALUE_SUFFIX)
+            for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
+            if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name)))
+        ]
+    except Exception as error:  # whatever the reader raises, the checkpoint cannot be read
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if non_finite:
+        listed = ", ".join(non_finite[:MAX_LISTED])
+        more = " ..." if len(non_finite) > MAX_LISTED else ""
+        return f"has {len(non_finite)} variables holding NaN or Inf ({listed}{more})"
+    return None
+
+
+def recorded_checkpoints(ckpt_dir: str) -> list[str]:
+    """The checkpoint prefixes the ``checkpoint`` state file of ``ckpt_dir`` records, newest
+    first (the order they were saved in, which a resumed run may make differ from their steps)."""
+    state = tf.train.get_checkpoint_state(ckpt_dir)
+    if state is None:
+        return []
+    latest = state.model_checkpoint_path
+    older = [path for path in state.all_model_checkpoint_paths if path and path != latest]
+    return ([latest] if latest else []) + older[::-1]
+
+
+def newest_usable_in(ckpt_dir: str) -> str | None:
+    """The newest usable checkpoint recorded in ``ckpt_dir`` (None when there is none); every
+    newer one is skipped with a warning naming it and the reason."""
+    for prefix in recorded_checkpoints(ckpt_dir):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            return prefix
+        logger.warning("skipping checkpoint %s: it %s", prefix, problem)
+    return None
+
+
+def newest_usable_checkpoint(model_dir: str) -> str | None:
+    """The newest usable checkpoint in ``model_dir/ckpt`` (what a run resumes from)."""
+    return newest_usable_in(os.path.join(model_dir, CKPT_SUBDIR))
+
+
+def find_usable_checkpoint(path: str) -> tuple[str, str]:
+    """:func:`find_checkpoint`, but only usable checkpoints: a model_dir or ``ckpt/`` directory
+    gives its newest usable one (skipping newer ones with a warning), a checkpoint prefix must be
+    usable itself. Raises ``ValueError`` naming the checkpoint and the reason otherwise."""
+    prefix, model_dir = find_checkpoint(path)
+    if not tf.io.gfile.isdir(path):
+        problem = checkpoint_problem(prefix)
+        if problem:
+            raise ValueError(f"the checkpoint {prefix} {problem}; pass another checkpoint.")
+        return prefix, model_dir
+    ckpt_dir = os.path.dirname(prefix)
+    usable = newest_usable_in(ckpt_dir)
+    if usable is None:
+        raise ValueError(
+            f"no usable checkpoint in {ckpt_dir}: every recorded one is unreadable or holds NaN "
+            "or Inf (each is named in the warnings above)."
+        )
+    return usable, model_dir
+
+
+def remove_stale_temp_folders(model_dir: str) -> list[str]:
+    """Remove the ``ckpt-<step>_temp`` folders that saves killed half-way left in
+    ``model_dir/ckpt``; returns them. Only for the run that holds the model_dir's lock."""
+    stale = sorted(
+        glob.glob(glob.escape(os.path.join(model_dir, CKPT_SUBDIR)) + f"/*{TEMP_SUFFIX}")
+    )
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("removed %s, left by a checkpoint save that did not finish", folder)
+    return stale
+
+
+def remove_unfinished_save(prefix: str) -> None:
+    """After a save of ``prefix`` failed (full disk, interruption): remove what it wrote, unless
+    the state file already records it as the newest checkpoint (then the save was complete)."""
+    ckpt_dir = os.path.dirname(prefix)
+    state = tf.train.get_checkpoint_state(ckpt_dir)
+    if state is not None and state.model_checkpoint_path == prefix:
+        return
+    shutil.rmtree(prefix + TEMP_SUFFIX, ignore_errors=True)
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        os.remove(path)

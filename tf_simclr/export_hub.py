@@ -19,12 +19,20 @@ module, its architecture read from its weights (:mod:`tf_simclr.reference`); it 
 feeds its supervised head::
 
     tf-simclr-export --checkpoint=finetuned_10pct/r50_1x_sk1/saved_model --export_dir=/tmp/m
+
+Everything is checked before the checkpoint is restored, and refused with exit status 2 and a
+message naming the checkpoint or directory: a path that holds no checkpoint, an exported module
+(already what this binary makes), a checkpoint that cannot be read or holds NaN (from a model_dir,
+the newest usable one is exported instead, with a warning), another architecture, and an
+``--export_dir`` that is not empty (``--overwrite`` replaces a previous module there, nothing
+else). A full disk while writing is one line and exit status 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
@@ -34,12 +42,20 @@ from tf_simclr.checkpoints import (
     CKPT_SUBDIR,
     CONFIG_FILENAME,
     checkpoint_step,
-    find_checkpoint,
+    find_usable_checkpoint,
+    is_hub_module,
     is_reference_checkpoint,
     read_model_config,
     restore_checkpoint,
 )
-from tf_simclr.hub import DEFAULT_WEIGHT_DECAY, export_to_model_dir, save_hub_module
+from tf_simclr.hub import (
+    DEFAULT_WEIGHT_DECAY,
+    check_export_dir,
+    export_to_model_dir,
+    module_parts,
+    save_hub_module,
+)
+from tf_simclr.model_dir import first_line, is_disk_full
 from tf_simclr.models.simclr import SimCLRModel
 
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -76,6 +92,8 @@ def export_checkpoint(
     ``memory_network`` exports the moving-average memory network of a pretraining run with
     SimCLRv2's memory of negatives instead of the online network. A reference checkpoint goes
     to :func:`export_reference_checkpoint` (``ft_proj_selector`` and ``use_ema`` are its).
+    Everything that can be checked without the weights is checked before they are restored (see
+    the module docstring).
     """
     if is_reference_checkpoint(checkpoint):
         if config_path or memory_network:
@@ -101,8 +119,15 @@ def export_checkpoint(
             f"implementation, and {reference.describe(checkpoint)}. A tf-simclr run's "
             "config.json holds its ft_proj_selector."
         )
+    if is_hub_module(checkpoint):
+        raise ValueError(
+            f"{checkpoint} is already a TF-Hub module (it holds saved_model.pb); this exports "
+            "training checkpoints: pass the model_dir of the run that wrote it, its ckpt/ "
+            "directory or a ckpt/ckpt-<step> prefix. The module itself can be loaded with "
+            "hub.load or passed to tf-simclr --checkpoint."
+        )
     try:
-        prefix, model_dir = find_checkpoint(checkpoint)
+        prefix, model_dir = find_usable_checkpoint(checkpoint)
     except FileNotFoundError as error:
         raise FileNotFoundError(
             f"{error} Nor is it a checkpoint of the reference implementation: "
@@ -112,12 +137,19 @@ def export_checkpoint(
     config = read_model_config(config_path)
     if memory_network:
         config = dataclasses.replace(config, num_classes=0, global_bn=False)
+    module_parts(config, include_projection_head, include_supervised_head)
+    step = saved_step(prefix)
+    if export_dir:
+        check_export_dir(export_dir, overwrite)
+    elif step is None:
+        raise ValueError(f"the checkpoint {prefix} has no step; pass --export_dir.")
+    else:
+        check_export_dir(os.path.join(model_dir, "hub", str(step)), overwrite=True)
     model = SimCLRModel(config).build_for_size()
     try:
         restore_checkpoint(model, prefix, memory_network)
     except ValueError as error:
         raise ValueError(f"{error} (architecture read from {config_path})") from error
-    step = saved_step(prefix)
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
     if export_dir:
         return save_hub_module(
@@ -129,8 +161,6 @@ def export_checkpoint(
             step=step,
             overwrite=overwrite,
         )
-    if step is None:
-        raise ValueError(f"the checkpoint {prefix} has no step; pass --export_dir.")
     return export_to_model_dir(
         model,
         model_dir,
@@ -179,7 +209,8 @@ def define_flags() -> None:
         "checkpoint",
         None,
         "A model_dir, its ckpt/ directory, or a checkpoint prefix; or a checkpoint of the "
-        "reference implementation (TF2 checkpoint or SavedModel, TF1 checkpoint).",
+        "reference implementation (TF2 checkpoint or SavedModel, TF1 checkpoint); not an "
+        "exported tf-simclr module.",
         required=True,
     )
     flags.DEFINE_string(
@@ -200,7 +231,9 @@ def define_flags() -> None:
         1,
         "Modules kept in MODEL_DIR/hub/ when --export_dir is not given (<= 0 keeps all).",
     )
-    flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --export_dir.")
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace a module in --export_dir (never other files there)."
+    )
     flags.DEFINE_bool(
         "memory_network",
         False,
@@ -217,30 +250,43 @@ def define_flags() -> None:
     )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
+    """Export as the flags say; returns the exit status (see the module docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     values = flags.FLAGS
-    path = export_checkpoint(
-        values.checkpoint,
-        export_dir=values.export_dir or None,
-        config_path=values.config or None,
-        include_projection_head=values.include_projection_head,
-        include_supervised_head=values.include_supervised_head,
-        weight_decay=values.weight_decay,
-        keep_hub_module_max=values.keep_hub_module_max,
-        overwrite=values.overwrite,
-        memory_network=values.memory_network,
-        ft_proj_selector=values.ft_proj_selector,
-        use_ema=values.use_ema,
-    )
+    try:
+        if values.export_dir:
+            check_export_dir(values.export_dir, values.overwrite, "--overwrite")
+        path = export_checkpoint(
+            values.checkpoint,
+            export_dir=values.export_dir or None,
+            config_path=values.config or None,
+            include_projection_head=values.include_projection_head,
+            include_supervised_head=values.include_supervised_head,
+            weight_decay=values.weight_decay,
+            keep_hub_module_max=values.keep_hub_module_max,
+            overwrite=values.overwrite,
+            memory_network=values.memory_network,
+            ft_proj_selector=values.ft_proj_selector,
+            use_ema=values.use_ema,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"tf-simclr-export: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"tf-simclr-export: disk full ({first_line(error)})", file=sys.stderr)
+        return 1
     print(path)
+    return 0
 
 
 def run_main() -> None:
     """Console-script entry point ``tf-simclr-export``."""
     define_flags()
-    app.run(main)
+    app.run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

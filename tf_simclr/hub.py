@@ -11,7 +11,9 @@ The module implements TF-Hub's *reusable SavedModel* interface, so every consump
   ``weight_decay * sum(l2_loss(v))`` over the trainable variables that are not batch-norm
   gamma/beta, biases or the supervised head, as in SimCLR appendix B.1);
 * one inference signature per endpoint plus ``default`` (= ``final_avg_pool``), input key
-  ``images``, float32 ``[None, None, None, 3]`` in [0, 1];
+  ``images``, float32 ``[None, None, None, 3]`` in [0, 1], which every call checks (a batch
+  outside [0, 1] by more than :data:`IMAGE_RANGE_TOLERANCE` fails with "images must be float32
+  in [0, 1]");
 * ``model_variables``: the same variables keyed by their object path in the model
   (``encoder.stem.convs.0.conv.kernel``), read back by :func:`load_module_weights`;
 * the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints.
@@ -45,6 +47,15 @@ METADATA_FILENAME = "tf_simclr_module.json"
 METADATA_FORMAT = "tf-simclr-hub-module"
 METADATA_VERSION = 1
 IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+# What a SavedModel directory holds; an export may replace a directory holding only these.
+SAVED_MODEL_ENTRIES = frozenset(
+    {"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "fingerprint.pb"}
+)
+# Inputs outside [-tolerance, 1 + tolerance] are refused. The tolerance admits the overshoot of
+# bicubic or Lanczos resizing of [0, 1] images (a few percent) and catches the usual mistakes:
+# 0-255 pixels and mean/std-standardised ones (about -2 to 2.6).
+IMAGE_RANGE_TOLERANCE = 0.1
+IMAGE_RANGE_MESSAGE = "images must be float32 in [0, 1]"
 BUILD_IMAGE_SIZE = 32
 BACKBONE_ENDPOINTS = (
     "initial_conv",
@@ -169,8 +180,8 @@ def save_hub_module(
     """Write ``model`` (built, under any strategy) as a TF-Hub module to ``export_dir``.
 
     ``weight_decay`` is the coefficient of the module's regularization loss. Refuses to write
-    into an existing non-empty directory unless ``overwrite``, which replaces it. Returns
-    ``export_dir``.
+    into an existing non-empty directory unless it holds a previous module and ``overwrite`` is
+    set, which replaces it (see :func:`check_export_dir`). Returns ``export_dir``.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay} must be >= 0 (0 disables weight decay).")
@@ -179,12 +190,7 @@ def save_hub_module(
             "the model has no variables yet; build it first (model.build_for_size(...)) "
             "or restore a checkpoint into a built model."
         )
-    if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"{export_dir} exists and is not empty; choose another export directory or "
-                "pass overwrite=True to replace it."
-            )
+    if check_export_dir(export_dir, overwrite):
         tf.io.gfile.rmtree(export_dir)
     parts = module_parts(model.config, include_projection_head, include_supervised_head)
     plain = _plain_copy(model, parts)
@@ -216,6 +222,38 @@ def save_hub_module(
         export_dir,
     )
     return export_dir
+
+
+def check_export_dir(
+    export_dir: str, overwrite: bool, overwrite_option: str = "overwrite=True"
+) -> bool:
+    """Whether exporting to ``export_dir`` first removes a previous module there.
+
+    A missing or empty directory is fine. One that holds a SavedModel (or part of one, from an
+    export cut short) and nothing else is replaced with ``overwrite`` and refused without it; one
+    that holds anything else is always refused, so that ``overwrite`` never deletes unrelated
+    files. The ``FileExistsError`` names ``overwrite_option`` (the binary's ``--overwrite``).
+    """
+    if not tf.io.gfile.isdir(export_dir):
+        if tf.io.gfile.exists(export_dir):
+            raise FileExistsError(f"{export_dir} is a file; choose a directory to export to.")
+        return False
+    entries = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
+    if not entries:
+        return False
+    others = [name for name in entries if name not in SAVED_MODEL_ENTRIES]
+    if others:
+        listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise FileExistsError(
+            f"{export_dir} holds files that are not part of a SavedModel ({listed}); export "
+            f"into a new or empty directory ({overwrite_option} only replaces a previous module)."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{export_dir} holds a SavedModel already; pass {overwrite_option} to replace it, "
+            "or choose another export directory."
+        )
+    return True
 
 
 def export_to_model_dir(
@@ -327,7 +365,7 @@ def _build_module(
 
     @tf.function
     def call(images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        return plain.endpoints(images, training=training, parts=parts)
+        return plain.endpoints(checked_images(images), training=training, parts=parts)
 
     call.get_concrete_function(IMAGE_SPEC, training=True)
     call.get_concrete_function(IMAGE_SPEC, training=False)
@@ -345,6 +383,27 @@ def _build_module(
     root.regularization_losses = [regularization_loss]
     root.model_variables = variable_paths(plain, parts)
     return root
+
+
+def checked_images(images: tf.Tensor) -> tf.Tensor:
+    """``images``, once a ``tf.debugging.Assert`` has checked that they lie in [0, 1] (within
+    :data:`IMAGE_RANGE_TOLERANCE`); otherwise the call fails with an ``InvalidArgumentError``
+    saying "images must be float32 in [0, 1]" and the range found. One min and one max over the
+    batch (cost measured by ``bench/hub_input_check.py``)."""
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+    inside = tf.logical_and(low >= -IMAGE_RANGE_TOLERANCE, high <= 1.0 + IMAGE_RANGE_TOLERANCE)
+    check = tf.debugging.Assert(
+        inside,
+        [
+            f"{IMAGE_RANGE_MESSAGE} (RGB, no mean/std normalisation; divide 0-255 pixels by "
+            "255); got values from",
+            low,
+            "to",
+            high,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
 
 
 def _signature(

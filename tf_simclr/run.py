@@ -3,9 +3,14 @@
 Flags keep the names of google-research/simclr where the meaning is the same, so its recipes
 translate directly; recipes for this project live in ``flags/`` and are passed with
 ``--flagfile``. Every flag is validated (by the configuration dataclasses and the checks below)
-before any data is read or any model is built.
+before any data is read or any model is built; the data, the batch split over the replicas and
+the model_dir's lock are checked before any file is written.
 
     tf-simclr --flagfile=flags/fashion_mnist/pretrain.flags --model_dir=/tmp/run/pretrain
+
+Exit status: 0 done (also when the run had already finished: nothing is changed), 1 an error
+(a full disk in one line), 2 refused before any work (bad flags or data, the model_dir in use by
+another run), 3 stopped on NaN or Inf, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -152,8 +157,8 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
             checkpoints.is_reference_checkpoint(path) or checkpoints.is_hub_module(path)
         ):
             try:
-                checkpoints.find_checkpoint(path)
-            except FileNotFoundError as error:
+                checkpoints.find_usable_checkpoint(path)
+            except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
     if values["strategy"] != "tpu" and values["tpu"]:
         raise ValueError("--tpu is only used with --strategy=tpu.")
@@ -232,6 +237,11 @@ def start_tensorflow() -> None:
         tf.config.list_physical_devices()
 
 
+def _refuse(reason: str, error: BaseException) -> int:
+    print(f"tf-simclr: {reason}: {error}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str]) -> int:
     del argv
     start_tensorflow()
@@ -239,9 +249,12 @@ def main(argv: list[str]) -> int:
     try:
         config = configs_from_flags(values)
     except (ValueError, FileNotFoundError) as error:
-        print(f"tf-simclr: invalid flags: {error}", file=sys.stderr)
-        return 2
-    from tf_simclr.training.strategy import configure_logical_cpus, create_strategy, is_chief
+        return _refuse("invalid flags", error)
+    from tf_simclr.training.strategy import (
+        check_batch_sizes,
+        configure_logical_cpus,
+        create_strategy,
+    )
 
     configure_logical_cpus(values["logical_cpu_devices"])
     if values["deterministic"]:
@@ -250,18 +263,80 @@ def main(argv: list[str]) -> int:
 
         tf_keras.utils.set_random_seed(values["seed"])
     strategy = create_strategy(values["strategy"], values["tpu"])
-    os.makedirs(config.train.model_dir, exist_ok=True)
-    if is_chief(strategy):  # other workers of a multi-worker run share the chief's model_dir
-        with open(os.path.join(config.train.model_dir, "flags.json"), "w", encoding="utf-8") as f:
-            json.dump(values, f, indent=2, sort_keys=True, default=str)
+    train = config.train
+    try:
+        evaluates = train.mode != "train"
+        check_batch_sizes(
+            strategy, train.train_batch_size, train.eval_batch_size if evaluates else None
+        )
+    except ValueError as error:
+        return _refuse("invalid flags", error)
+    from tf_simclr import checkpoints
+    from tf_simclr.model_dir import ModelDirInUseError, first_line, is_disk_full
     from tf_simclr.training.loop import NonFiniteLossError
-    from tf_simclr.training.runner import run
 
     try:
-        result = run(config, strategy)
+        return _run(config, values, strategy)
+    except ModelDirInUseError as error:
+        print(f"tf-simclr: {error}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as error:
         logging.getLogger("tf_simclr").error("%s", error)
         return 3
+    except KeyboardInterrupt:
+        latest = checkpoints.latest_checkpoint(train.model_dir)
+        where = f"resumes from {latest}" if latest else "starts over (no checkpoint yet)"
+        if train.mode == "eval":
+            where = "evaluates again"
+        print(f"tf-simclr: interrupted; the same command {where}.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        latest = checkpoints.latest_checkpoint(train.model_dir)
+        print(
+            f"tf-simclr: disk full while writing to {train.model_dir} ({first_line(error)}); "
+            f"free some space, then the same command resumes from {latest or 'the start'}.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run(config: RunConfig, values: dict, strategy) -> int:
+    """Check the data, lock the model_dir (training only), then run the phase, unless it has
+    already finished; returns the exit status."""
+    from tf_simclr.model_dir import ModelDirLock, write_json_atomically
+    from tf_simclr.training.runner import PhaseRunner
+    from tf_simclr.training.strategy import is_chief
+
+    model_dir = config.train.model_dir
+    chief = is_chief(strategy)  # other workers of a multi-worker run share the chief's model_dir
+    lock = ModelDirLock(model_dir)
+    trains = chief and config.train.mode != "eval"  # evaluation may follow a training run
+    try:
+        if trains and os.path.isdir(model_dir):
+            lock.acquire()  # a second run on a model_dir stops here, before reading data
+        try:
+            runner = PhaseRunner(config, strategy)
+        except (ValueError, FileNotFoundError) as error:
+            return _refuse("cannot start", error)
+        os.makedirs(model_dir, exist_ok=True)
+        if trains:
+            lock.acquire()
+        recorded = runner.recorded_result()
+        if recorded is not None:
+            print(
+                f"tf-simclr: {model_dir} has already finished (step {runner.total_steps}); "
+                "nothing was changed. Its recorded results (result.json):",
+                file=sys.stderr,
+            )
+            result = recorded
+        else:
+            if chief:
+                write_json_atomically(os.path.join(model_dir, "flags.json"), values)
+            result = runner.run()
+    finally:
+        lock.release()
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 

@@ -3,6 +3,10 @@
     python export/examples/feature_extraction.py MODULE_PATH [--image_size 224]
 
 Prints each signature's output shape and, as the last line, a JSON summary.
+
+Input contract: images are float32 RGB in [0, 1] (divide 0-255 pixels by 255; no mean/std
+normalisation), any height and width; the module refuses other ranges with
+"images must be float32 in [0, 1]".
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ L2 regularization loss (weight decay chosen at export) joins ``model.losses``. F
 ``final_avg_pool``, export the encoder alone (``--include_projection_head=false
 --include_supervised_head=false``) so that every weight gets a gradient. Prints a JSON summary as
 the last line.
+
+Input contract: images are float32 RGB in [0, 1] (divide 0-255 pixels by 255; no mean/std
+normalisation), any height and width; the module refuses other ranges with
+"images must be float32 in [0, 1]".
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 
 Only the classifier trains; the module's weights and batch-norm statistics stay as exported.
 Prints a JSON summary as the last line.
+
+Input contract: images are float32 RGB in [0, 1] (divide 0-255 pixels by 255; no mean/std
+normalisation), any height and width; the module refuses other ranges with
+"images must be float32 in [0, 1]".
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ Run it *without* ``TF_USE_LEGACY_KERAS`` (Keras 3 and tf_keras do not share a pr
 ``TFSMLayer`` serves one inference signature (``call_endpoint``): batch norm in inference mode,
 features as a dict keyed by the signature's name. Here a linear classifier is trained on top of
 the frozen ``default`` features. Prints a JSON summary as the last line.
+
+Input contract: images are float32 RGB in [0, 1] (divide 0-255 pixels by 255; no mean/std
+normalisation), any height and width; the module refuses other ranges with
+"images must be float32 in [0, 1]".
 """
 
 from __future__ import annotations

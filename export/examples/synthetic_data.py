@@ -1,7 +1,8 @@
 """Offline stand-in for a labelled dataset, shared by the examples: coloured squares.
 
 Each image is grey noise with a square of its class's colour at a random place; float32 RGB in
-[0, 1], the input range every tf-simclr module expects. Replace it with your own data.
+[0, 1], the input range every tf-simclr module expects (and checks: other ranges fail with
+"images must be float32 in [0, 1]"). Replace it with your own data, scaled the same way.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from tf_simclr.data.subsets import (
     label_subset,
     read_subset_file,
     select_subset,
+    write_label_subset,
     write_subset_file,
 )
 
@@ -43,5 +44,6 @@ __all__ = [
     "read_subset_file",
     "select_subset",
     "validate_dataset_name",
+    "write_label_subset",
     "write_subset_file",
 ]

@@ -109,6 +109,20 @@ def _png_with_pil(path: str) -> bytes | None:
     return tf.io.encode_png(pixels).numpy()
 
 
+def _check_every_class_has_images(
+    path: str, root: str, classes: tuple[str, ...], readable_labels: np.ndarray
+) -> None:
+    """Raises ValueError naming the class folders under ``root`` without a readable image."""
+    empty = [name for label, name in enumerate(classes) if not np.any(readable_labels == label)]
+    if empty:
+        listed = ", ".join(os.path.join(root, name) for name in empty)
+        raise ValueError(
+            f"folder:{path}: {len(empty)} class folder(s) hold no readable image: {listed}. "
+            "Every subfolder is a class; put images of that class in it, or move it out of "
+            f"{root}."
+        )
+
+
 class FolderSource(Source):
     """A split of an image folder (see the module docstring); images keep their own sizes."""
 
@@ -139,6 +153,7 @@ class FolderSource(Source):
                 ", ".join(bad[:5]),
                 " ..." if len(bad) > 5 else "",
             )
+        _check_every_class_has_images(path, root, classes, np.asarray(labels)[readable])
         keep = np.flatnonzero(readable)
         keep = keep[parse_split(split, len(keep))[1]]
         if len(keep) == 0:

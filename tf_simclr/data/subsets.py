@@ -56,9 +56,14 @@ def select_subset(
         members = np.flatnonzero(labels == label)
         count = len(members)
         take = int(np.floor(label_fraction * count + 0.5)) if label_fraction else labels_per_class
+        if count == 0:
+            raise ValueError(
+                f"class {label} has 0 examples in this split, so no subset can label it; add "
+                "examples of it or leave it out of the dataset."
+            )
         if not 0 < take <= count:
             wanted = f"label_fraction={label_fraction}" if label_fraction else f"{take} per class"
-            minimum = f"{0.5 / count:.4g}" if count else "any value"
+            minimum = f"{0.5 / count:.4g}"
             raise ValueError(
                 f"class {label} has {count} example(s), so {wanted} leaves it without labels or "
                 f"asks for too many; use label_fraction >= {minimum} or labels_per_class <= "
@@ -135,7 +140,8 @@ def label_subset(
     dataset: tf.data.Dataset, info: SourceInfo, config: DataConfig, model_dir: str | None
 ) -> LabelSubset:
     """The labeled subset ``config`` asks for, of the split ``load_source`` gave as
-    ``(dataset, info)``; a drawn subset is written to ``model_dir/labels_subset.txt``."""
+    ``(dataset, info)``; a drawn subset is written to ``model_dir/labels_subset.txt`` (not
+    with ``model_dir=None``: :func:`write_label_subset` writes it later)."""
     if not config.uses_label_subset:
         return LabelSubset(dataset, info.num_examples, _mask_stream(dataset, None), None, None)
     source = info.source
@@ -154,19 +160,6 @@ def label_subset(
             seed=config.seed,
             num_classes=info.num_classes or None,
         )
-        if model_dir:
-            os.makedirs(model_dir, exist_ok=True)
-            path = os.path.join(model_dir, SUBSET_FILE_NAME)
-            write_subset_file(
-                path,
-                [keys[position] for position in positions],
-                header=(
-                    f"tf-simclr labeled subset of {info.name} split {info.split}: "
-                    f"{len(positions)} of {info.num_examples} examples\n"
-                    f"label_fraction={config.label_fraction} "
-                    f"labels_per_class={config.labels_per_class} seed={config.seed}"
-                ),
-            )
     counts = np.bincount(labels[positions], minlength=max(info.num_classes, 1))
     logger.info(
         "labeled subset of %s %s: %d examples (%d-%d per class)%s",
@@ -179,10 +172,37 @@ def label_subset(
     )
     chosen = np.zeros(info.num_examples, dtype=bool)
     chosen[positions] = True
-    return LabelSubset(
+    subset = LabelSubset(
         labeled=source.dataset(positions),
         num_labeled=len(positions),
         with_label_mask=_mask_stream(dataset, chosen),
         positions=positions,
         path=path,
     )
+    if model_dir and not config.labels_subset_file:
+        subset = dataclasses.replace(
+            subset, path=write_label_subset(subset, info, config, model_dir)
+        )
+    return subset
+
+
+def write_label_subset(
+    subset: LabelSubset, info: SourceInfo, config: DataConfig, model_dir: str
+) -> str:
+    """Write the drawn ``subset`` of ``info``'s split to ``model_dir/labels_subset.txt`` (one key
+    per line after a comment saying how it was drawn); returns the file's path."""
+    keys, _ = info.source.index()
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, SUBSET_FILE_NAME)
+    write_subset_file(
+        path,
+        [keys[position] for position in subset.positions],
+        header=(
+            f"tf-simclr labeled subset of {info.name} split {info.split}: "
+            f"{subset.num_labeled} of {info.num_examples} examples\n"
+            f"label_fraction={config.label_fraction} "
+            f"labels_per_class={config.labels_per_class} seed={config.seed}"
+        ),
+    )
+    logger.info("labeled subset listed in %s", path)
+    return path

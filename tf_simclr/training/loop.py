@@ -2,9 +2,12 @@
 
 ``steps_per_loop`` steps run inside one ``tf.function`` through ``strategy.run``; each replica's
 loss is divided by the number of replicas because gradients are summed across replicas. The loop
-resumes from the newest checkpoint in ``model_dir/ckpt`` (model, optimizer slots and step), logs
-every metric to TensorBoard (``model_dir/train``) and to the terminal, stops on a non-finite loss
-without overwriting the last good checkpoint, and saves at ``checkpoint_steps`` boundaries.
+resumes from the checkpoint it is given (model, optimizer slots and step), logs every metric to
+TensorBoard (``model_dir/train``) and to the terminal, and saves at ``checkpoint_steps``
+boundaries. Only finite state is saved: the loop stops on a non-finite loss, and at every
+checkpoint boundary it first checks that every model, optimizer and checkpointed variable is
+finite (the loss is computed before the update, so the update that blows the weights up would
+otherwise be saved). A save that fails (full disk, interruption) leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -20,19 +23,23 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint
+from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint, remove_unfinished_save
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or Inf."""
+    """Raised when the training loss, or a variable at a checkpoint boundary, is NaN or Inf."""
 
 
 @dataclasses.dataclass
 class LoopSettings:
-    """What the loop needs to know about the run (derived from TrainConfig by the phase)."""
+    """What the loop needs to know about the run (derived from TrainConfig by the phase).
+
+    ``resume_from`` is the checkpoint to continue from (None: a fresh run), normally
+    :func:`tf_simclr.checkpoints.newest_usable_checkpoint` of ``model_dir``.
+    """
 
     model_dir: str
     total_steps: int
@@ -42,6 +49,7 @@ class LoopSettings:
     global_batch_size: int
     steps_per_epoch: int
     jit_compile: bool = False
+    resume_from: str | None = None
 
 
 @dataclasses.dataclass
@@ -92,11 +100,11 @@ def train(
     iterator_factory: Callable[[int], Iterator],
     settings: LoopSettings,
 ) -> dict[str, float]:
-    """Train to ``settings.total_steps``, resuming from the newest checkpoint.
+    """Train to ``settings.total_steps``, resuming from ``settings.resume_from``.
 
     ``iterator_factory(start_step)`` returns the distributed input iterator positioned at
     ``start_step`` (deterministic pipelines skip what was consumed; others just restart).
-    Returns the last logged scalars.
+    Returns the last logged scalars (none when there was nothing left to train).
     """
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, **functions.checkpoint_objects
@@ -106,10 +114,10 @@ def train(
     )
     # Every worker resumes from the chief's checkpoints: a non-chief's scratch folder may be
     # missing or older than the chief's (it is deleted at the end of each run).
-    latest = latest_checkpoint(settings.model_dir)
-    if latest:
-        checkpoint.restore(latest).expect_partial()
-        logger.info("resumed from %s", latest)
+    if settings.resume_from:
+        checkpoint.restore(settings.resume_from).expect_partial()
+        logger.info("resumed from %s", settings.resume_from)
+    finite = FiniteCheck([model, optimizer, *functions.checkpoint_objects.values()])
     start_step = int(optimizer.iterations.numpy())
     chief = is_chief(strategy)
     writer = (
@@ -127,6 +135,7 @@ def train(
         _write_scalars(writer, initial, 0)
         logger.info("step 0 %s", " ".join(f"{k}={v:.4g}" for k, v in initial.items()))
     started = time.time()
+    saved = False  # whether this call wrote a checkpoint yet
     while step < settings.total_steps:
         next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps
         count = min(settings.steps_per_loop, settings.total_steps - step, next_checkpoint - step)
@@ -135,15 +144,17 @@ def train(
         step = int(optimizer.iterations.numpy())
         elapsed = max(time.time() - loop_start, 1e-9)
         if not all(math.isfinite(value) for value in scalars.values()):
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} ({scalars}); stopped without saving, the last "
-                f"good checkpoint in {manager.directory} is intact. Lower --learning_rate, "
-                "check the data, or use --precision=float32."
-            )
+            raise _non_finite(f"non-finite loss at step {step} ({scalars})", settings, saved)
         scalars["images_per_second"] = count * settings.global_batch_size / elapsed
         scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
         if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
-            manager.save(checkpoint_number=step)
+            offenders = finite.non_finite()
+            if offenders:
+                listed = ", ".join(offenders[:5]) + (" ..." if len(offenders) > 5 else "")
+                what = f"non-finite weights after step {step}: {len(offenders)} of {finite.count}"
+                raise _non_finite(f"{what} variables hold NaN or Inf ({listed})", settings, saved)
+            _save(manager, step)
+            saved = True
             if functions.on_checkpoint is not None:
                 scalars.update(functions.on_checkpoint(step))
         _write_scalars(writer, scalars, step)
@@ -152,6 +163,65 @@ def train(
     if not chief:
         shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
     return scalars
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> None:
+    """Save checkpoint ``step``; if the save fails, remove what it wrote before re-raising."""
+    try:
+        manager.save(checkpoint_number=step)
+    except BaseException:
+        remove_unfinished_save(os.path.join(manager.directory, f"ckpt-{step}"))
+        raise
+
+
+def _non_finite(what: str, settings: LoopSettings, saved: bool) -> NonFiniteLossError:
+    """The error of a non-finite stop: what went wrong, which checkpoint is left and what to do.
+
+    A finite checkpoint may already have diverged (e.g. huge weights and optimizer slots after
+    one step at an absurd learning rate): when a resumed run goes non-finite again before its
+    first new checkpoint, resuming from that checkpoint is not a way out, and the message says so.
+    """
+    latest = latest_checkpoint(settings.model_dir)
+    advice = "Lower --learning_rate, check the data, or use --precision=float32."
+    if settings.resume_from and not saved:
+        advice = (
+            f"This run resumed from {settings.resume_from} and went non-finite before writing a "
+            "new checkpoint, so that checkpoint has probably diverged already: start over with "
+            "a lower --learning_rate in a new --model_dir (--checkpoint=<an earlier "
+            "checkpoint> starts it from earlier weights)."
+        )
+    return NonFiniteLossError(
+        f"{what}; stopped without saving: the newest checkpoint, "
+        f"{latest or 'none yet'}, is the last finite one. {advice}"
+    )
+
+
+class FiniteCheck:
+    """Checks, in one ``tf.function``, which floating-point variables of ``holders`` (models,
+    optimizers, ``tf.Module`` s) are not finite."""
+
+    def __init__(self, holders: list) -> None:
+        seen: set[int] = set()
+        self._variables = []
+        for holder in holders:
+            for variable in holder.variables:
+                if variable.dtype.is_floating and id(variable) not in seen:
+                    seen.add(id(variable))
+                    self._variables.append(variable)
+        self._flags = tf.function(self._finite_flags)
+
+    @property
+    def count(self) -> int:
+        """How many variables are checked."""
+        return len(self._variables)
+
+    def _finite_flags(self) -> tf.Tensor:
+        return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables])
+
+    def non_finite(self) -> list[str]:
+        """Names of the variables holding NaN or Inf (none: every one is finite)."""
+        flags = self._flags().numpy()
+        return [v.name for v, ok in zip(self._variables, flags, strict=True) if not ok]
 
 
 class TrainFunction:

@@ -4,6 +4,11 @@ This is what ``tf-simclr`` calls after turning flags into a :class:`RunConfig`. 
 layout is the design's contract: ``ckpt/``, ``train/`` and ``eval/`` (TensorBoard),
 ``hub/<step>/``, ``config.json``, ``result.json`` and ``labels_subset.txt`` when a label fraction
 was used (``flags.json`` is written by the binary).
+
+Constructing a :class:`PhaseRunner` reads and checks everything the run needs (data, splits,
+labeled subset, step count) and writes nothing. :meth:`PhaseRunner.recorded_result` recognises a
+run that already did everything its mode asks for, so that rerunning a finished command changes
+nothing. JSON files are replaced atomically; training resumes from the newest usable checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tf_keras as keras
 from tf_simclr import checkpoints, hub
 from tf_simclr.config import RunConfig
 from tf_simclr.data import build_distributed_dataset
+from tf_simclr.model_dir import write_json_atomically
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import build_learning_rate_schedule, build_optimizer, num_train_steps
 from tf_simclr.training import evaluate, loop, phases
@@ -27,9 +33,7 @@ from tf_simclr.training.strategy import is_chief
 logger = logging.getLogger("tf_simclr")
 
 
-def _write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+RESULT_FILENAME = "result.json"
 
 
 class PhaseRunner:
@@ -37,19 +41,49 @@ class PhaseRunner:
     asks the phase for its examples, architecture, variables, compute, monitors and export."""
 
     def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy) -> None:
-        self.config = config
         self.strategy = strategy
         self.chief = is_chief(strategy)
         self.phase = phases.PHASES[config.train.train_mode](config, strategy)
+        # The phase may have turned off what its data cannot serve (the kNN monitor).
+        self.config = self.phase.config
         self.model_config = self.phase.model_config()
         self.train_info = self.phase.train_info
+        train = self.config.train
+        self.source, self.num_examples = self.phase.training_examples()
+        self.total_steps = num_train_steps(
+            self.num_examples, train.train_epochs, train.train_batch_size, train.train_steps
+        )
+
+    def recorded_result(self) -> dict | None:
+        """``result.json`` of a run that already did everything ``mode`` asks for: its train
+        section (and for ``train_then_eval`` its eval section) records :attr:`total_steps`, and
+        its newest checkpoint is that step's. None otherwise, and for ``mode=eval``, which
+        evaluates again."""
+        train = self.config.train
+        if train.mode == "eval":
+            return None
+        latest = checkpoints.latest_checkpoint(train.model_dir)
+        if latest is None or checkpoints.checkpoint_step(latest) != self.total_steps:
+            return None
+        recorded = _read_result(train.model_dir)
+        sections = ("train", "eval") if train.mode == "train_then_eval" else ("train",)
+        steps = [recorded.get(name, {}).get("global_step") for name in sections]
+        return recorded if steps == [self.total_steps] * len(sections) else None
 
     def train(self) -> dict[str, float]:
+        """Train from the newest usable checkpoint (or the phase's initial weights) to
+        :attr:`total_steps` and export the hub module; returns the last logged scalars (none
+        when the checkpoint was already at the last step)."""
         config, strategy, phase = self.config, self.strategy, self.phase
         train = config.train
-        source, num_examples = phase.training_examples()
+        source, num_examples = self.source, self.num_examples
         batch = train.train_batch_size
-        total_steps = num_train_steps(num_examples, train.train_epochs, batch, train.train_steps)
+        total_steps = self.total_steps
+        if self.chief:
+            checkpoints.remove_stale_temp_folders(train.model_dir)
+        resume_from = checkpoints.newest_usable_checkpoint(train.model_dir)
+        if resume_from is None and checkpoints.latest_checkpoint(train.model_dir):
+            logger.warning("no usable checkpoint in %s: starting from step 0", train.model_dir)
         checkpoint_steps = train.checkpoint_steps or max(
             int(train.checkpoint_epochs * num_examples // batch), 1
         )
@@ -63,7 +97,7 @@ class PhaseRunner:
             if self.model_config.dtype_policy == "mixed_float16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             optimizer.build(variables)
-        if checkpoints.latest_checkpoint(train.model_dir) is None:
+        if resume_from is None:
             phase.restore(model)
         functions = phase.step_functions(model, variables, schedule)
 
@@ -95,17 +129,24 @@ class PhaseRunner:
             global_batch_size=batch,
             steps_per_epoch=max(num_examples // batch, 1),
             jit_compile=train.jit_compile,
+            resume_from=resume_from,
         )
         scalars = loop.train(strategy, model, optimizer, functions, iterator_factory, settings)
         self.model = model
+        exported = os.path.join(train.model_dir, "hub", str(total_steps), "saved_model.pb")
+        if scalars or not os.path.exists(exported):
+            self._export(model)
+        return scalars
+
+    def _export(self, model: SimCLRModel) -> None:
+        train = self.config.train
         if self.chief and train.export_hub and train.keep_hub_module_max > 0:
             hub.export_to_model_dir(
-                phase.exported_model(model),
+                self.phase.exported_model(model),
                 train.model_dir,
-                total_steps,
+                self.total_steps,
                 train.keep_hub_module_max,
             )
-        return scalars
 
     def evaluate(
         self, model: SimCLRModel | None = None, step: int | None = None
@@ -142,44 +183,71 @@ class PhaseRunner:
         model = phases.base.build_model(
             self.model_config, self.strategy, self.config.augment.image_size
         )
-        path = checkpoint or checkpoints.find_checkpoint(self.config.train.model_dir)[0]
+        path = checkpoint or checkpoints.find_usable_checkpoint(self.config.train.model_dir)[0]
         checkpoints.restore_checkpoint(model, path)
         return model
+
+    def run(self) -> dict:
+        """Run ``mode`` (train, eval or train_then_eval); records the result in
+        ``result.json`` (sections of earlier runs kept) and returns it."""
+        config, train = self.config, self.config.train
+        os.makedirs(train.model_dir, exist_ok=True)
+        if self.chief:
+            payload = config.to_json()
+            payload["model"] = dataclasses.asdict(self.model_config)
+            payload["num_train_examples"] = self.train_info.num_examples
+            write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
+        recorded = _read_result(train.model_dir)
+        result: dict = {"train_mode": train.train_mode}
+        if train.mode in ("train", "train_then_eval"):
+            scalars = self.train()
+            # Nothing left to train (e.g. killed after its last checkpoint): keep the record.
+            result["train"] = (
+                {**scalars, "global_step": self.total_steps}
+                if scalars
+                else recorded.get("train", {})
+            )
+        if train.mode == "train_then_eval":
+            result["eval"] = self.evaluate(self.model)
+        if train.mode == "eval":
+            result["eval"] = follow_checkpoints(self)
+        result = {**recorded, **result}  # e.g. mode=eval after training: keep the train section
+        if self.chief:
+            write_json_atomically(os.path.join(train.model_dir, RESULT_FILENAME), result)
+        return result
+
+
+def _read_result(model_dir: str) -> dict:
+    """The model_dir's ``result.json`` ({} when there is none, or it is unreadable)."""
+    path = os.path.join(model_dir, RESULT_FILENAME)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s, which cannot be read: %s", path, error)
+        return {}
 
 
 def run(config: RunConfig, strategy: tf.distribute.Strategy) -> dict:
     """Run ``config.train.mode`` (train, eval or train_then_eval) of one phase."""
-    train = config.train
-    os.makedirs(train.model_dir, exist_ok=True)
-    runner = PhaseRunner(config, strategy)
-    if runner.chief:
-        payload = config.to_json()
-        payload["model"] = dataclasses.asdict(runner.model_config)
-        payload["num_train_examples"] = runner.train_info.num_examples
-        _write_json(os.path.join(train.model_dir, "config.json"), payload)
-    result: dict = {"train_mode": train.train_mode}
-    if train.mode in ("train", "train_then_eval"):
-        result["train"] = runner.train()
-    if train.mode == "train_then_eval":
-        result["eval"] = runner.evaluate(runner.model)
-    if train.mode == "eval":
-        result["eval"] = follow_checkpoints(runner)
-    if runner.chief:
-        path = os.path.join(train.model_dir, "result.json")
-        if os.path.exists(path):  # e.g. mode=eval after training: keep the train section
-            with open(path, encoding="utf-8") as handle:
-                result = {**json.load(handle), **result}
-        _write_json(path, result)
-    return result
+    return PhaseRunner(config, strategy).run()
 
 
 def follow_checkpoints(runner: PhaseRunner) -> dict:
-    """``mode=eval``: evaluate every new checkpoint until the final one (or the timeout)."""
+    """``mode=eval``: evaluate the newest usable checkpoint; with a timeout, every new one
+    until the final one (or the timeout), skipping unusable ones with a warning."""
     train = runner.config.train
     directory = os.path.join(train.model_dir, checkpoints.CKPT_SUBDIR)
     results: dict = {}
     timeout = train.eval_timeout_seconds or None
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout):
+        if timeout is None:
+            path = checkpoints.find_usable_checkpoint(train.model_dir)[0]
+        elif problem := checkpoints.checkpoint_problem(path):
+            logger.warning("skipping checkpoint %s: it %s", path, problem)
+            continue
         step = checkpoints.checkpoint_step(path)
         results = runner.evaluate(runner._restore_for_eval(path), step)
         logger.info("evaluated %s: %s", path, results)

@@ -52,3 +52,23 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+
+
+def check_batch_sizes(
+    strategy: tf.distribute.Strategy, train_batch_size: int, eval_batch_size: int | None
+) -> None:
+    """Raises ValueError unless each global batch (``eval_batch_size`` None: not used) splits
+    evenly over the strategy's replicas; run it as soon as the strategy exists."""
+    replicas = strategy.num_replicas_in_sync
+    for flag, size in (
+        ("train_batch_size", train_batch_size),
+        ("eval_batch_size", eval_batch_size),
+    ):
+        if size is not None and size % replicas:
+            lower = size - size % replicas
+            options = f"{lower} or {lower + replicas}" if lower else str(replicas)
+            raise ValueError(
+                f"--{flag}={size} does not split evenly over the {replicas} replicas of this "
+                f"strategy (every replica gets the same share); use a multiple of {replicas}, "
+                f"e.g. {options}."
+            )

@@ -4,6 +4,11 @@ runner drives (TF Model Garden's task, solo-learn's method) and the pieces of it
 A phase owns its training examples, the architecture it trains (heads added to the configured
 encoder), its trainable variables, its per-replica compute (whose scalars name its metrics),
 its monitors and what it restores before training. The runner only asks.
+
+Everything a phase reads is opened when it is constructed, before any file is written: the
+training split, the labeled subset and, when the run evaluates, the evaluation split. When the
+evaluation split is missing (e.g. ``folder:PATH`` without ``test/``), ``--mode=eval`` and
+``train_then_eval`` are refused, and ``--mode=train`` runs with the kNN monitor off and a warning.
 """
 
 from __future__ import annotations
@@ -18,13 +23,25 @@ import tf_keras as keras
 
 from tf_simclr import checkpoints
 from tf_simclr.config import ModelConfig, OptimConfig, RunConfig
-from tf_simclr.data import build_dataset, build_distributed_dataset, load_source
+from tf_simclr.data import (
+    LabelSubset,
+    SourceInfo,
+    build_dataset,
+    build_distributed_dataset,
+    label_subset,
+    load_source,
+    write_label_subset,
+)
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import weight_decay_loss
 from tf_simclr.training import evaluate, loop
 
 logger = logging.getLogger("tf_simclr")
 Compute = Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
+MISSING_EVAL_SPLIT_ADVICE = (
+    "For a folder: source, move the class folders into PATH/train/ and put held-out images in "
+    "PATH/test/, one subfolder per class; or pass --eval_split with a split the source has."
+)
 
 
 def accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -68,6 +85,57 @@ class Phase:
             data.dataset, split=data.train_split, data_dir=data.data_dir
         )
         self.num_classes = self.train_info.num_classes
+        self._eval_examples: tuple[tf.data.Dataset, SourceInfo] | None = None
+        self._subset: LabelSubset | None = None
+        self._open_eval_split()
+
+    def _open_eval_split(self) -> None:
+        """Open the evaluation split now if the run will read it. Missing, it is an error for the
+        evaluation modes; for ``--mode=train`` the kNN monitor is turned off with a warning."""
+        config = self.config
+        evaluates = config.train.mode != "train"
+        if not (evaluates or self.monitor_reads_eval_split()):
+            return
+        try:
+            self.eval_examples()
+        except FileNotFoundError as error:
+            split = config.data.eval_split
+            if evaluates:
+                raise ValueError(
+                    f"--mode={config.train.mode} evaluates on --eval_split={split}, which cannot "
+                    f"be read: {error} {MISSING_EVAL_SPLIT_ADVICE}"
+                ) from error
+            logger.warning(
+                "the kNN monitor is off: its queries come from --eval_split=%s, which cannot be "
+                "read: %s %s",
+                split,
+                error,
+                MISSING_EVAL_SPLIT_ADVICE,
+            )
+            train = dataclasses.replace(config.train, knn_monitor=False)
+            self.config = dataclasses.replace(config, train=train)
+
+    def monitor_reads_eval_split(self) -> bool:
+        """Whether the monitor during training reads the evaluation split."""
+        return False
+
+    def eval_examples(self) -> tuple[tf.data.Dataset, SourceInfo]:
+        """``(dataset, info)`` of the evaluation split, opened once."""
+        if self._eval_examples is None:
+            data = self.config.data
+            self._eval_examples = load_source(
+                data.dataset, split=data.eval_split, data_dir=data.data_dir
+            )
+        return self._eval_examples
+
+    def labeled_subset(self) -> LabelSubset:
+        """The labeled subset of the training split, drawn once; :meth:`before_training`
+        writes a drawn one to ``model_dir/labels_subset.txt``."""
+        if self._subset is None:
+            self._subset = label_subset(
+                self.train_source, self.train_info, self.config.data, model_dir=None
+            )
+        return self._subset
 
     # -- what is trained -------------------------------------------------------------------
 
@@ -122,7 +190,11 @@ class Phase:
         return None
 
     def before_training(self, source: tf.data.Dataset, num_examples: int) -> None:
-        """Chief-only work before the first step (e.g. summaries of the inputs)."""
+        """Chief-only work before the first step: a drawn labeled subset is written to
+        ``model_dir/labels_subset.txt``."""
+        data = self.config.data
+        if self._subset is not None and data.uses_label_subset and not data.labels_subset_file:
+            write_label_subset(self._subset, self.train_info, data, self.config.train.model_dir)
 
     def exported_model(self, model: SimCLRModel) -> SimCLRModel:
         """The network the phase's hub module holds."""
@@ -136,8 +208,7 @@ class Phase:
 
     def eval_dataset(self, distributed: bool):
         """The evaluation split, batched (per replica with ``distributed``)."""
-        data = self.config.data
-        source, info = load_source(data.dataset, split=data.eval_split, data_dir=data.data_dir)
+        source, info = self.eval_examples()
         kwargs = dict(
             phase="eval",
             global_batch_size=self.config.train.eval_batch_size,

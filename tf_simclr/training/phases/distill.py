@@ -12,7 +12,6 @@ import tf_keras as keras
 
 from tf_simclr import checkpoints
 from tf_simclr.config import LossConfig, OptimConfig
-from tf_simclr.data import label_subset
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import distillation_loss
 from tf_simclr.training.phases.base import (
@@ -68,10 +67,7 @@ class DistillPhase(Phase):
     train_mode = "distill"
 
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
-        subset = label_subset(
-            self.train_source, self.train_info, self.config.data, self.config.train.model_dir
-        )
-        return subset.with_label_mask, self.train_info.num_examples
+        return self.labeled_subset().with_label_mask, self.train_info.num_examples
 
     def compute(self, model: SimCLRModel) -> Compute:
         return distill_compute(model, self.teacher(), self.config.loss, self.config.optim)

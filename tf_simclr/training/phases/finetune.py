@@ -8,7 +8,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr.config import LossConfig, OptimConfig
-from tf_simclr.data import label_subset
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import supervised_loss
 from tf_simclr.training.phases.base import Compute, Phase, accuracy, add_weight_decay
@@ -33,9 +32,7 @@ class FinetunePhase(Phase):
     train_mode = "finetune"
 
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
-        subset = label_subset(
-            self.train_source, self.train_info, self.config.data, self.config.train.model_dir
-        )
+        subset = self.labeled_subset()
         return subset.labeled, subset.num_labeled
 
     def compute(self, model: SimCLRModel) -> Compute:

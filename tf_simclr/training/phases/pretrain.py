@@ -137,6 +137,9 @@ class PretrainPhase(Phase):
             functions.checkpoint_objects["memory"] = memory
         return functions
 
+    def monitor_reads_eval_split(self) -> bool:
+        return self.config.train.knn_monitor
+
     def monitor(self, model: SimCLRModel) -> Callable[[int], dict[str, float]] | None:
         if not self.config.train.knn_monitor:
             return None
