@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +86,12 @@ class Finished:
         return "\n".join(self.output.splitlines()[-lines:])
 
 
+def _default_sigint() -> None:
+    """Ctrl-C (SIGINT) handled as in a terminal, even when this test session runs in the
+    background, where the shell starts it (and so its children) with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(command: list[str], log_path: Path, env: dict[str, str] | None = None):
     """Start ``command`` in the repository root with stdout and stderr in ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +102,7 @@ def start(command: list[str], log_path: Path, env: dict[str, str] | None = None)
         env=env or subprocess_env(),
         stdout=handle,
         stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
     )
     process.log_handle = handle
     process.log_path = log_path
