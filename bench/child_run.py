@@ -12,14 +12,18 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_tf_simclr(name: str, flags: tuple[str, ...], model_dir: str, log_name: str) -> float:
+def run_tf_simclr(
+    name: str, flags: tuple[str, ...], model_dir: str, log_name: str
+) -> tuple[float, str]:
     """Run ``python -m tf_simclr.run FLAGS --model_dir=MODEL_DIR`` from the repository root,
-    appending its output to ``MODEL_DIR/LOG_NAME``; its wall time in seconds. A failed run
-    raises ``subprocess.CalledProcessError``."""
+    appending its output to ``MODEL_DIR/LOG_NAME``; its wall time in seconds and its flags as
+    one shell line (for the run's record). A failed run raises
+    ``subprocess.CalledProcessError``."""
     command = [sys.executable, "-m", "tf_simclr.run", *flags, f"--model_dir={model_dir}"]
-    print(f"\n=== {name}: {shlex.join(command[3:])}", flush=True)
+    shown = shlex.join(command[3:])
+    print(f"\n=== {name}: {shown}", flush=True)
     os.makedirs(model_dir, exist_ok=True)
     started = time.time()
     with open(os.path.join(model_dir, log_name), "a", encoding="utf-8") as log:
         subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.time() - started
+    return time.time() - started, shown

@@ -262,7 +262,7 @@ def execute(run: Run, settings: StudySettings) -> dict:
         return record
     model_dir = os.path.join(settings.run_dir, run.name)
     flags = (*run.flags, "--keep_hub_module_max=1", *settings.extra_flags)
-    seconds = run_tf_simclr(run.name, flags, model_dir, "study.log")
+    seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     evaluation = result["eval"]
@@ -271,7 +271,7 @@ def execute(run: Run, settings: StudySettings) -> dict:
         "top_1": evaluation.get("label_top_1_accuracy", evaluation.get("knn_top_1_accuracy")),
         "seconds": seconds,
         "images_per_second": result["train"].get("images_per_second"),
-        "command": shlex.join((*flags, f"--model_dir={model_dir}")),
+        "command": command,
     }
     if run.method == "finetune" and run.seed == settings.seeds[0]:
         keep_module(model_dir, teacher_module(settings, run.fraction))

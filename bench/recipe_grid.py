@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 
 from child_run import run_tf_simclr
 
@@ -78,7 +77,7 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
         "--keep_hub_module_max=0",
         *extra,
     )
-    seconds = run_tf_simclr(name, flags, model_dir, "grid.log")
+    seconds, command = run_tf_simclr(name, flags, model_dir, "grid.log")
     with open(os.path.join(model_dir, "grid.log"), encoding="utf-8") as handle:
         log_text = handle.read()
     curve = knn_curve(log_text)
@@ -91,7 +90,7 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
         "final_knn_top_1": curve[-1]["knn_top_1"] if curve else None,
         "seconds": seconds,
         "images_per_second_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
-        "command": shlex.join((*flags, f"--model_dir={model_dir}")),
+        "command": command,
     }
     os.makedirs(record_dir, exist_ok=True)
     with open(record_path, "w", encoding="utf-8") as handle:
