@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -142,6 +142,16 @@ def _architecture_value(config: ModelConfig, field: str) -> object:
     if field == "ft_proj_selector":
         return config.selected_head_output
     return getattr(config, field)
+
+
+def _same_architecture_value(config: ModelConfig, field: str, value: object) -> bool:
+    """Whether ``config`` with ``field`` set to ``value`` has the same architecture (a value the
+    config rejects, e.g. a selector out of its head's range, is not the same)."""
+    try:
+        changed = dataclasses.replace(config, **{field: value})
+    except ValueError:
+        return False
+    return _architecture_value(changed, field) == _architecture_value(config, field)
 
 
 def _check(source: str, saved: ModelConfig, model: SimCLRModel, parts: Iterable[str]) -> None:
@@ -315,6 +325,45 @@ def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
         "Architecture of %s: %s", source, {field: getattr(found, field) for field in fields}
     )
     return dataclasses.replace(requested, **{field: getattr(found, field) for field in fields})
+
+
+# ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head
+# output its supervised head reads. num_classes is left out (the data decides it).
+RUN_ARCHITECTURE_FIELDS = (
+    ARCHITECTURE_FIELDS["encoder"]
+    + ARCHITECTURE_FIELDS["projection_head"]
+    + ("ft_proj_selector", "supervised_head_batch_norm")
+)
+
+
+def adopt_run_architecture(
+    requested: ModelConfig, saved: ModelConfig, explicit: Collection[str], source: str
+) -> ModelConfig:
+    """``requested`` with the architecture and head selection of ``saved`` (the ModelConfig of
+    the run in ``source``, its config.json), for evaluating or resuming that run.
+
+    Fields named in ``explicit`` (those the user set) must agree with ``saved``;
+    ``ft_proj_selector`` agrees when it selects the same head output (-1 and N alike). Raises
+    ``ValueError`` naming each conflicting field with both values.
+    """
+    conflicts = []
+    for field in RUN_ARCHITECTURE_FIELDS:
+        if field not in explicit:
+            continue
+        if not _same_architecture_value(saved, field, getattr(requested, field)):
+            conflicts.append(
+                f"--{field}={getattr(requested, field)!r} vs {getattr(saved, field)!r}"
+            )
+    if conflicts:
+        raise ValueError(
+            f"the run in {source} was trained with another architecture (flag vs saved): "
+            f"{'; '.join(conflicts)}. Leave these flags out: a run's architecture and head "
+            "selection are read from its config.json; train a new run in another --model_dir "
+            "to change them."
+        )
+    return dataclasses.replace(
+        requested, **{field: getattr(saved, field) for field in RUN_ARCHITECTURE_FIELDS}
+    )
 
 
 # -- integrity: usable checkpoints, interrupted saves -----------------------------------------

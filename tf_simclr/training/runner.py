@@ -192,7 +192,7 @@ class PhaseRunner:
         ``result.json`` (sections of earlier runs kept) and returns it."""
         config, train = self.config, self.config.train
         os.makedirs(train.model_dir, exist_ok=True)
-        if self.chief:
+        if self.chief and train.mode != "eval":  # an evaluation leaves the run's config
             payload = config.to_json()
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
