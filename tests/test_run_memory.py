@@ -2,7 +2,9 @@
 takes the architecture and head selection from the model_dir's ``config.json``, refuses a flag
 that contradicts it with status 2 naming both values, never rewrites ``config.json`` or
 ``flags.json``, and adds its result to ``result.json`` beside the train section. A resumed
-training run takes the saved architecture too.
+training run takes the saved architecture too. Starting from anything without retyping it:
+``--checkpoint`` takes the encoder and projection head from a hub module or a run, refusing an
+explicit shape flag that contradicts it before writing anything.
 
 Every run evaluates or resumes a copy of the shared tiny pretraining of ``binary_runs``
 (ResNet-18 at width 1/8 with the CIFAR stem on 16x16 synthetic images).
@@ -23,6 +25,7 @@ from binary_runs import (
     read_json,
     reference_run,
     run_all,
+    shared_runs,
 )
 
 # An evaluation as a user would type it after training: no architecture flag at all.
@@ -120,3 +123,79 @@ def test_a_resumed_run_takes_the_saved_architecture(evaluations):
         0.125,
         True,
     )
+
+
+# Fine-tuning as a user would type it with a source to start from: no architecture flag, but
+# the run's own choices (the head input, the image size), which are free.
+FINETUNE_FLAGS = (
+    "--train_mode=finetune",
+    f"--dataset={SMALL_DATA}",
+    "--image_size=24",
+    "--nouse_blur",
+    "--ft_proj_selector=1",
+    "--train_batch_size=32",
+    "--train_steps=2",
+    "--keep_hub_module_max=0",
+)
+
+
+@pytest.fixture(scope="module")
+def started_from_sources(tmp_path_factory):
+    """Fine-tunes from the hub module and from the model_dir of a short pretraining, one with a
+    contradicting shape flag and a distillation from a teacher of other classes, all at once."""
+    source = shared_runs(
+        tmp_path_factory,
+        {"hub_source": (*REFERENCE_FLAGS, "--train_steps=2", "--keep_hub_module_max=1")},
+    )["hub_source"]
+    root = tmp_path_factory.mktemp("from_sources")
+    module = source / "hub" / "2"
+    cases = {
+        "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}"),
+        "from_run": (*FINETUNE_FLAGS, f"--checkpoint={source}"),
+        "hub_conflict": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--resnet_depth=50"),
+        "teacher_classes": (
+            "--train_mode=distill",
+            f"--dataset={SMALL_DATA.replace('classes=4', 'classes=3')}",
+            "--image_size=16",
+            f"--teacher={module}",
+        ),
+    }
+    jobs = {
+        name: (binary_command(f"--model_dir={root / name}", *flags), root / f"{name}.log")
+        for name, flags in cases.items()
+    }
+    return root, run_all(jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["from_hub", "from_run"])
+def test_finetuning_takes_the_architecture_from_its_checkpoint(started_from_sources, name):
+    root, finished = started_from_sources
+    assert finished[name].returncode == 0, finished[name].tail()
+    model = read_json(root / name / "config.json")["model"]
+    shape = (model["resnet_depth"], model["width_multiplier"], model["cifar_stem"])
+    assert shape == (18, 0.125, True), model
+    assert (model["ft_proj_selector"], model["num_classes"]) == (1, 4), model
+    assert read_json(root / name / "result.json")["train"]["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_shape_flag_that_contradicts_the_checkpoint_is_refused_before_writing(
+    started_from_sources,
+):
+    root, finished = started_from_sources
+    run = finished["hub_conflict"]
+    assert run.returncode == 2, run.tail()
+    assert "Traceback" not in run.output, run.tail()
+    assert "resnet_depth: 50 vs 18" in run.output, run.tail()
+    assert not (root / "hub_conflict").exists(), "files were written for a refused command"
+
+
+@pytest.mark.slow
+def test_a_teacher_of_other_classes_is_refused_before_writing(started_from_sources):
+    root, finished = started_from_sources
+    run = finished["teacher_classes"]
+    assert run.returncode == 2, run.tail()
+    assert "Traceback" not in run.output, run.tail()
+    assert "predicts 4 classes but the dataset has 3" in run.output, run.tail()
+    assert not (root / "teacher_classes").exists(), "files were written for a refused command"

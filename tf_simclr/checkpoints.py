@@ -300,31 +300,50 @@ def is_reference_checkpoint(path: str) -> bool:
         return False
 
 
-def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
-    """``requested`` with the encoder and projection head of ``source`` when that is a reference
-    checkpoint (the architecture comes from its weights; fields the flags set to a value other
-    than the default must agree with it); otherwise ``requested`` unchanged (the architecture of
-    a tf-simclr source is checked against it when restoring)."""
-    if not source or not is_reference_checkpoint(source):
+def source_architecture(
+    requested: ModelConfig, source: str, explicit: Collection[str] | None = None
+) -> ModelConfig:
+    """``requested`` with the encoder and projection head of ``source``: read from the weights of
+    a reference checkpoint, from a hub module's configuration asset, or from the ``config.json``
+    of the run that wrote a model_dir or checkpoint (a tf-simclr checkpoint without one keeps
+    ``requested``, whose architecture is checked when restoring). Without a source,
+    ``requested`` unchanged.
+
+    Only shape decides: the fields this run chooses (classes, ``ft_proj_selector``, frozen
+    blocks, batch norm, precision) stay as requested. Fields named in ``explicit`` (those the
+    user set; default: those ``requested`` sets to a value other than the default) must agree
+    with the source, else ``ValueError`` names each with both values.
+    """
+    if not source:
         return requested
-    found = reference.read_reference_checkpoint(source).config
+    if is_reference_checkpoint(source):
+        found = reference.read_reference_checkpoint(source).config
+    else:
+        try:
+            found = load_model_config(source)
+        except FileNotFoundError:
+            return requested
     fields = ARCHITECTURE_FIELDS["encoder"] + ARCHITECTURE_FIELDS["projection_head"]
     default = ModelConfig()
+    if explicit is None:
+        explicit = [
+            field for field in fields if getattr(requested, field) != getattr(default, field)
+        ]
     conflicts = [
         f"{field}: {getattr(requested, field)!r} vs {getattr(found, field)!r}"
         for field in fields
-        if getattr(requested, field) not in (getattr(found, field), getattr(default, field))
+        if field in explicit and getattr(requested, field) != getattr(found, field)
     ]
     if conflicts:
         raise ValueError(
-            f"{source} holds another architecture than the flags ask for (flags vs checkpoint): "
+            f"{source} holds another architecture than the flags ask for (flags vs source): "
             f"{'; '.join(conflicts)}. Leave these flags out: the architecture is read from the "
-            "checkpoint."
+            "source."
         )
-    logger.info(
-        "Architecture of %s: %s", source, {field: getattr(found, field) for field in fields}
-    )
-    return dataclasses.replace(requested, **{field: getattr(found, field) for field in fields})
+    adopted = {field: getattr(found, field) for field in fields}
+    if any(getattr(requested, field) != value for field, value in adopted.items()):
+        logger.info("Architecture of %s: %s", source, adopted)
+    return dataclasses.replace(requested, **adopted)
 
 
 # ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head

@@ -157,6 +157,17 @@ def remembered_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
     return dataclasses.replace(config, model=model)
 
 
+def source_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
+    or a reference checkpoint), checked before anything is written. ``explicit`` names the
+    ModelConfig fields the user set: those that shape the encoder or projection head must agree
+    with the source (``ValueError`` naming both values otherwise); the others are free."""
+    from tf_simclr import checkpoints
+
+    model = checkpoints.source_architecture(config.model, config.train.init_checkpoint, explicit)
+    return dataclasses.replace(config, model=model)
+
+
 def _check_combinations(config: RunConfig, values: dict) -> None:
     """Checks that involve more than one configuration or the file system."""
     if config.train.train_mode == "distill" and config.model.fine_tune_after_block == 4:
@@ -275,9 +286,9 @@ def main(argv: list[str]) -> int:
     start_tensorflow()
     values = flags.FLAGS.flag_values_dict()
     try:
-        config = remembered_architecture(
-            configs_from_flags(values), explicit_model_fields(flags.FLAGS)
-        )
+        explicit = explicit_model_fields(flags.FLAGS)
+        config = remembered_architecture(configs_from_flags(values), explicit)
+        config = source_architecture(config, explicit)
     except (ValueError, FileNotFoundError) as error:
         return _refuse("invalid flags", error)
     from tf_simclr.training.strategy import (
