@@ -199,6 +199,13 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
                 checkpoints.find_usable_checkpoint(path)
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
+    devices = values["logical_cpu_devices"]
+    if devices > 1 and values["strategy"] == "default":
+        raise ValueError(
+            f"--logical_cpu_devices={devices} splits the CPU into {devices} devices, but "
+            "--strategy=default trains on one of them; add --strategy=mirrored to train on all "
+            f"{devices}, or drop --logical_cpu_devices."
+        )
     if values["strategy"] != "tpu" and values["tpu"]:
         raise ValueError("--tpu is only used with --strategy=tpu.")
     if (
