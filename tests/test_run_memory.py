@@ -4,7 +4,8 @@ that contradicts it with status 2 naming both values, never rewrites ``config.js
 ``flags.json``, and adds its result to ``result.json`` beside the train section. A resumed
 training run takes the saved architecture too. Starting from anything without retyping it:
 ``--checkpoint`` takes the encoder and projection head from a hub module or a run, refusing an
-explicit shape flag that contradicts it before writing anything.
+explicit shape flag that contradicts it before writing anything. Class names travel with the
+run: logged at start with the images per split, and written to ``classes.txt``.
 
 Every run evaluates or resumes a copy of the shared tiny pretraining of ``binary_runs``
 (ResNet-18 at width 1/8 with the CIFAR stem on 16x16 synthetic images).
@@ -27,6 +28,8 @@ from binary_runs import (
     run_all,
     shared_runs,
 )
+
+from tf_simclr.data import load_source
 
 # An evaluation as a user would type it after training: no architecture flag at all.
 EVAL_FLAGS = (
@@ -85,6 +88,8 @@ def test_eval_without_architecture_flags_takes_the_saved_config(evaluations):
     assert result["eval"]["global_step"] == REFERENCE_STEPS, result
     assert 0.0 <= result["eval"]["label_top_1_accuracy"] <= 1.0, result
     assert not list(model_dir.glob(".*.tmp")), "a temporary JSON file was left behind"
+    # An evaluation reads, and logs, both splits.
+    assert "train: 256 images, test: 64 images; 4 classes (" in run.output, run.tail()
 
 
 @pytest.mark.slow
@@ -199,3 +204,16 @@ def test_a_teacher_of_other_classes_is_refused_before_writing(started_from_sourc
     assert "Traceback" not in run.output, run.tail()
     assert "predicts 4 classes but the dataset has 3" in run.output, run.tail()
     assert not (root / "teacher_classes").exists(), "files were written for a refused command"
+
+
+@pytest.mark.slow
+def test_class_names_are_logged_and_written_to_classes_txt(started_from_sources):
+    root, finished = started_from_sources
+    names = load_source(SMALL_DATA, split="train")[1].class_names
+    assert len(names) == 4 and len(set(names)) == 4, names
+    lines = (root / "from_hub" / "classes.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == list(names)
+    # A training run without evaluation reads only the training split.
+    names_listed = ", ".join(names)
+    data_line = f"data {SMALL_DATA}: train: 256 images; 4 classes ({names_listed})"
+    assert data_line in finished["from_hub"].output, finished["from_hub"].tail()
