@@ -7,6 +7,7 @@ one, and clean up saves that did not finish."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -54,6 +55,41 @@ def test_flags_that_disagree_with_the_checkpoint_are_an_error(finetuned, tmp_pat
     ours = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt" / "ckpt"))
     requested = ModelConfig(resnet_depth=34)
     assert checkpoints.source_architecture(requested, ours) == requested
+
+
+@pytest.fixture()
+def tf_simclr_run(tmp_path) -> str:
+    """A model_dir as a tf-simclr run leaves it, as far as its architecture goes: a config.json
+    (ResNet-18 at width 1/8, CIFAR stem, 4 classes) and a checkpoint."""
+    saved = ModelConfig(resnet_depth=18, width_multiplier=0.125, cifar_stem=True, num_classes=4)
+    (tmp_path / checkpoints.CONFIG_FILENAME).write_text(
+        json.dumps({checkpoints.MODEL_KEY: dataclasses.asdict(saved)})
+    )
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(tmp_path / "ckpt" / "ckpt"))
+    return str(tmp_path)
+
+
+def test_the_architecture_comes_from_a_runs_config(tf_simclr_run):
+    # resnet_depth=34 was not set by the user (not explicit): the run's 18 replaces it.
+    requested = ModelConfig(num_classes=7, ft_proj_selector=2, resnet_depth=34)
+    config = checkpoints.source_architecture(requested, tf_simclr_run, explicit={"num_classes"})
+    assert (config.resnet_depth, config.width_multiplier, config.cifar_stem) == (18, 0.125, True)
+    # What the run decides stays: its classes and its head selection.
+    assert (config.num_classes, config.ft_proj_selector) == (7, 2)
+    agreeing = ModelConfig(resnet_depth=18, cifar_stem=True)
+    config = checkpoints.source_architecture(
+        agreeing, tf_simclr_run, {"resnet_depth", "cifar_stem"}
+    )
+    assert config.width_multiplier == 0.125
+
+
+def test_explicit_shape_flags_that_disagree_with_a_run_are_an_error(tf_simclr_run):
+    with pytest.raises(
+        ValueError, match=re.escape("resnet_depth: 50 vs 18; cifar_stem: False vs True")
+    ):
+        checkpoints.source_architecture(
+            ModelConfig(), tf_simclr_run, explicit={"resnet_depth", "cifar_stem", "num_classes"}
+        )
 
 
 def test_restore_weights_under_two_replicas(finetuned, two_replica_strategy):

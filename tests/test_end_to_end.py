@@ -108,7 +108,7 @@ def phases(tmp_path_factory):
     return dirs, logs
 
 
-COMMON_FILES = {"ckpt", "train", "hub", "flags.json", "config.json", "result.json"}
+COMMON_FILES = {"ckpt", "train", "hub", "flags.json", "config.json", "classes.txt", "result.json"}
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 (issue 15): a run that goes non-finite leaves only finite checkpoints and a rerun skips
 non-finite ones; one run per model_dir; rerunning a finished run changes nothing; a truncated
 newest checkpoint gives way to the newest readable one; bad data, a batch that does not split
-over the replicas and a missing split are refused with status 2 before any file is written;
+over the replicas, logical CPU devices without a strategy to use them (issue 16) and a missing
+split are refused with status 2 before any file is written;
 Ctrl-C says where to resume (130); a full disk is one line (1) and leaves no half-written
 checkpoint.
 
@@ -131,6 +132,7 @@ def refusals(tmp_path_factory):
             "--logical_cpu_devices=2",
             "--train_batch_size=33",
         ),
+        "devices_without_strategy": (*REFERENCE_FLAGS, "--logical_cpu_devices=2"),
         "missing_folder": (*FOLDER_FLAGS, f"--dataset=folder:{root / 'data' / 'nowhere'}"),
         "missing_data_dir": (
             *FOLDER_FLAGS,
@@ -160,6 +162,17 @@ def test_a_batch_that_does_not_split_over_two_replicas_is_refused_at_once(refusa
         root / "batch_split",
         "--train_batch_size=33 does not split evenly over the 2 replicas",
         "e.g. 32 or 34",
+    )
+
+
+@pytest.mark.slow
+def test_logical_cpu_devices_without_a_strategy_to_use_them_are_refused(refusals):
+    root, finished = refusals
+    assert_clean_refusal(
+        finished["devices_without_strategy"],
+        root / "devices_without_strategy",
+        "--logical_cpu_devices=2",
+        "--strategy=mirrored",
     )
 
 

@@ -197,6 +197,11 @@ BAD_FLAGS = [
         "--jit_compile",
     ),
     ("tpu address without TPU", ["--tpu=grpc://10.0.0.1:8470"], "--tpu"),
+    (
+        "logical CPU devices with the one-device strategy",
+        ["--logical_cpu_devices=2"],
+        "--strategy=mirrored",
+    ),
     ("no training length", ["--train_epochs=0"], "train_epochs"),
     (
         "memory not a multiple of the batch",

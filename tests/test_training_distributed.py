@@ -138,6 +138,7 @@ def test_two_workers_over_loopback_end_with_identical_weights(tmp_path):
     assert checkpoint_steps(model_dir) == [2, 4]
     assert sorted(path.name for path in model_dir.iterdir()) == [
         "ckpt",
+        "classes.txt",
         "config.json",
         "flags.json",
         "result.json",

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -142,6 +142,16 @@ def _architecture_value(config: ModelConfig, field: str) -> object:
     if field == "ft_proj_selector":
         return config.selected_head_output
     return getattr(config, field)
+
+
+def _same_architecture_value(config: ModelConfig, field: str, value: object) -> bool:
+    """Whether ``config`` with ``field`` set to ``value`` has the same architecture (a value the
+    config rejects, e.g. a selector out of its head's range, is not the same)."""
+    try:
+        changed = dataclasses.replace(config, **{field: value})
+    except ValueError:
+        return False
+    return _architecture_value(changed, field) == _architecture_value(config, field)
 
 
 def _check(source: str, saved: ModelConfig, model: SimCLRModel, parts: Iterable[str]) -> None:
@@ -290,31 +300,89 @@ def is_reference_checkpoint(path: str) -> bool:
         return False
 
 
-def source_architecture(requested: ModelConfig, source: str) -> ModelConfig:
-    """``requested`` with the encoder and projection head of ``source`` when that is a reference
-    checkpoint (the architecture comes from its weights; fields the flags set to a value other
-    than the default must agree with it); otherwise ``requested`` unchanged (the architecture of
-    a tf-simclr source is checked against it when restoring)."""
-    if not source or not is_reference_checkpoint(source):
+def source_architecture(
+    requested: ModelConfig, source: str, explicit: Collection[str] | None = None
+) -> ModelConfig:
+    """``requested`` with the encoder and projection head of ``source``: read from the weights of
+    a reference checkpoint, from a hub module's configuration asset, or from the ``config.json``
+    of the run that wrote a model_dir or checkpoint (a tf-simclr checkpoint without one keeps
+    ``requested``, whose architecture is checked when restoring). Without a source,
+    ``requested`` unchanged.
+
+    Only shape decides: the fields this run chooses (classes, ``ft_proj_selector``, frozen
+    blocks, batch norm, precision) stay as requested. Fields named in ``explicit`` (those the
+    user set; default: those ``requested`` sets to a value other than the default) must agree
+    with the source, else ``ValueError`` names each with both values.
+    """
+    if not source:
         return requested
-    found = reference.read_reference_checkpoint(source).config
+    if is_reference_checkpoint(source):
+        found = reference.read_reference_checkpoint(source).config
+    else:
+        try:
+            found = load_model_config(source)
+        except FileNotFoundError:
+            return requested
     fields = ARCHITECTURE_FIELDS["encoder"] + ARCHITECTURE_FIELDS["projection_head"]
     default = ModelConfig()
+    if explicit is None:
+        explicit = [
+            field for field in fields if getattr(requested, field) != getattr(default, field)
+        ]
     conflicts = [
         f"{field}: {getattr(requested, field)!r} vs {getattr(found, field)!r}"
         for field in fields
-        if getattr(requested, field) not in (getattr(found, field), getattr(default, field))
+        if field in explicit and getattr(requested, field) != getattr(found, field)
     ]
     if conflicts:
         raise ValueError(
-            f"{source} holds another architecture than the flags ask for (flags vs checkpoint): "
+            f"{source} holds another architecture than the flags ask for (flags vs source): "
             f"{'; '.join(conflicts)}. Leave these flags out: the architecture is read from the "
-            "checkpoint."
+            "source."
         )
-    logger.info(
-        "Architecture of %s: %s", source, {field: getattr(found, field) for field in fields}
+    adopted = {field: getattr(found, field) for field in fields}
+    if any(getattr(requested, field) != value for field, value in adopted.items()):
+        logger.info("Architecture of %s: %s", source, adopted)
+    return dataclasses.replace(requested, **adopted)
+
+
+# ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head
+# output its supervised head reads. num_classes is left out (the data decides it).
+RUN_ARCHITECTURE_FIELDS = (
+    ARCHITECTURE_FIELDS["encoder"]
+    + ARCHITECTURE_FIELDS["projection_head"]
+    + ("ft_proj_selector", "supervised_head_batch_norm")
+)
+
+
+def adopt_run_architecture(
+    requested: ModelConfig, saved: ModelConfig, explicit: Collection[str], source: str
+) -> ModelConfig:
+    """``requested`` with the architecture and head selection of ``saved`` (the ModelConfig of
+    the run in ``source``, its config.json), for evaluating or resuming that run.
+
+    Fields named in ``explicit`` (those the user set) must agree with ``saved``;
+    ``ft_proj_selector`` agrees when it selects the same head output (-1 and N alike). Raises
+    ``ValueError`` naming each conflicting field with both values.
+    """
+    conflicts = []
+    for field in RUN_ARCHITECTURE_FIELDS:
+        if field not in explicit:
+            continue
+        if not _same_architecture_value(saved, field, getattr(requested, field)):
+            conflicts.append(
+                f"--{field}={getattr(requested, field)!r} vs {getattr(saved, field)!r}"
+            )
+    if conflicts:
+        raise ValueError(
+            f"the run in {source} was trained with another architecture (flag vs saved): "
+            f"{'; '.join(conflicts)}. Leave these flags out: a run's architecture and head "
+            "selection are read from its config.json; train a new run in another --model_dir "
+            "to change them."
+        )
+    return dataclasses.replace(
+        requested, **{field: getattr(saved, field) for field in RUN_ARCHITECTURE_FIELDS}
     )
-    return dataclasses.replace(requested, **{field: getattr(found, field) for field in fields})
 
 
 # -- integrity: usable checkpoints, interrupted saves -----------------------------------------

@@ -5,9 +5,9 @@ the recognition of a full disk.
   releases it when its process ends, however it ends (SIGKILL included), so a crashed run never
   blocks the next one. The file holds the holder's process id, for the message a second run
   prints; a run that exits normally removes it.
-* :func:`write_json_atomically` writes a temporary file in the same folder and renames it over
-  the target, so a reader (or a run killed mid-write) sees the old file or the new one, never half
-  of one.
+* :func:`write_json_atomically` and :func:`write_text_atomically` write a temporary file in the
+  same folder and rename it over the target, so a reader (or a run killed mid-write) sees the old
+  file or the new one, never half of one.
 
 Local file systems only: flock and rename need them (``gs://`` model_dirs are not locked).
 """
@@ -99,15 +99,15 @@ def _same_file(fd: int, path: str) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def write_json_atomically(path: str, payload: dict) -> None:
-    """Write ``payload`` as indented, key-sorted JSON to ``path``: a temporary file in the same
-    folder, flushed to disk, then renamed over ``path``."""
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path``: a temporary file in the same folder, flushed to disk, then
+    renamed over ``path``."""
     directory, name = os.path.split(os.path.abspath(path))
     # Named after the process: an evaluation run may write next to a training run.
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -115,6 +115,12 @@ def write_json_atomically(path: str, payload: dict) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_json_atomically(path: str, payload: dict) -> None:
+    """Write ``payload`` as indented, key-sorted JSON to ``path`` atomically
+    (:func:`write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -16,6 +16,7 @@ another run), 3 stopped on NaN or Inf, 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -129,6 +130,44 @@ def configs_from_flags(values: dict) -> RunConfig:
     return config
 
 
+def explicit_model_fields(flag_values: flags.FlagValues) -> set[str]:
+    """The ModelConfig fields whose flags the user set (on the command line or in a
+    flagfile), as opposed to those left at their defaults."""
+    return {
+        flag.field.name
+        for flag in FLAG_SCHEMA.flags()
+        if flag.config is ModelConfig and flag_values[flag.name].present
+    }
+
+
+def remembered_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """``config`` with the architecture and head selection of the run already in its
+    model_dir, when this command evaluates it (``--mode=eval``) or resumes it (it has a
+    checkpoint); unchanged for a new run. ``explicit`` names the ModelConfig fields the user
+    set: each must agree with the saved run (``ValueError`` naming both values otherwise)."""
+    from tf_simclr import checkpoints
+
+    train = config.train
+    config_path = os.path.join(train.model_dir, checkpoints.CONFIG_FILENAME)
+    continues = train.mode == "eval" or checkpoints.latest_checkpoint(train.model_dir)
+    if not (continues and os.path.exists(config_path)):
+        return config
+    saved = checkpoints.read_model_config(config_path)
+    model = checkpoints.adopt_run_architecture(config.model, saved, explicit, config_path)
+    return dataclasses.replace(config, model=model)
+
+
+def source_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
+    or a reference checkpoint), checked before anything is written. ``explicit`` names the
+    ModelConfig fields the user set: those that shape the encoder or projection head must agree
+    with the source (``ValueError`` naming both values otherwise); the others are free."""
+    from tf_simclr import checkpoints
+
+    model = checkpoints.source_architecture(config.model, config.train.init_checkpoint, explicit)
+    return dataclasses.replace(config, model=model)
+
+
 def _check_combinations(config: RunConfig, values: dict) -> None:
     """Checks that involve more than one configuration or the file system."""
     if config.train.train_mode == "distill" and config.model.fine_tune_after_block == 4:
@@ -160,6 +199,13 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
                 checkpoints.find_usable_checkpoint(path)
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
+    devices = values["logical_cpu_devices"]
+    if devices > 1 and values["strategy"] == "default":
+        raise ValueError(
+            f"--logical_cpu_devices={devices} splits the CPU into {devices} devices, but "
+            "--strategy=default trains on one of them; add --strategy=mirrored to train on all "
+            f"{devices}, or drop --logical_cpu_devices."
+        )
     if values["strategy"] != "tpu" and values["tpu"]:
         raise ValueError("--tpu is only used with --strategy=tpu.")
     if (
@@ -247,7 +293,9 @@ def main(argv: list[str]) -> int:
     start_tensorflow()
     values = flags.FLAGS.flag_values_dict()
     try:
-        config = configs_from_flags(values)
+        explicit = explicit_model_fields(flags.FLAGS)
+        config = remembered_architecture(configs_from_flags(values), explicit)
+        config = source_architecture(config, explicit)
     except (ValueError, FileNotFoundError) as error:
         return _refuse("invalid flags", error)
     from tf_simclr.training.strategy import (
@@ -332,7 +380,7 @@ def _run(config: RunConfig, values: dict, strategy) -> int:
             )
             result = recorded
         else:
-            if chief:
+            if trains:  # an evaluation leaves the flags of the run it evaluates
                 write_json_atomically(os.path.join(model_dir, "flags.json"), values)
             result = runner.run()
     finally:

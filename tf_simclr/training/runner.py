@@ -2,8 +2,9 @@
 
 This is what ``tf-simclr`` calls after turning flags into a :class:`RunConfig`. The model_dir
 layout is the design's contract: ``ckpt/``, ``train/`` and ``eval/`` (TensorBoard),
-``hub/<step>/``, ``config.json``, ``result.json`` and ``labels_subset.txt`` when a label fraction
-was used (``flags.json`` is written by the binary).
+``hub/<step>/``, ``config.json``, ``classes.txt`` (the source's class names, line i naming
+class i), ``result.json`` and ``labels_subset.txt`` when a label fraction was used
+(``flags.json`` is written by the binary).
 
 Constructing a :class:`PhaseRunner` reads and checks everything the run needs (data, splits,
 labeled subset, step count) and writes nothing. :meth:`PhaseRunner.recorded_result` recognises a
@@ -24,7 +25,7 @@ import tf_keras as keras
 from tf_simclr import checkpoints, hub
 from tf_simclr.config import RunConfig
 from tf_simclr.data import build_distributed_dataset
-from tf_simclr.model_dir import write_json_atomically
+from tf_simclr.model_dir import write_json_atomically, write_text_atomically
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import build_learning_rate_schedule, build_optimizer, num_train_steps
 from tf_simclr.training import evaluate, loop, phases
@@ -34,6 +35,7 @@ logger = logging.getLogger("tf_simclr")
 
 
 RESULT_FILENAME = "result.json"
+CLASSES_FILENAME = "classes.txt"
 
 
 class PhaseRunner:
@@ -192,11 +194,15 @@ class PhaseRunner:
         ``result.json`` (sections of earlier runs kept) and returns it."""
         config, train = self.config, self.config.train
         os.makedirs(train.model_dir, exist_ok=True)
-        if self.chief:
+        if self.chief and train.mode != "eval":  # an evaluation leaves the run's config
             payload = config.to_json()
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
             write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
+            names = self.train_info.class_names
+            if names:  # line i names class i
+                path = os.path.join(train.model_dir, CLASSES_FILENAME)
+                write_text_atomically(path, "".join(f"{name}\n" for name in names))
         recorded = _read_result(train.model_dir)
         result: dict = {"train_mode": train.train_mode}
         if train.mode in ("train", "train_then_eval"):

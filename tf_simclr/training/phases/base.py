@@ -38,6 +38,7 @@ from tf_simclr.training import evaluate, loop
 
 logger = logging.getLogger("tf_simclr")
 Compute = Callable[[dict], tuple[tf.Tensor, dict[str, tf.Tensor]]]
+MAX_LOGGED_CLASS_NAMES = 20
 MISSING_EVAL_SPLIT_ADVICE = (
     "For a folder: source, move the class folders into PATH/train/ and put held-out images in "
     "PATH/test/, one subfolder per class; or pass --eval_split with a split the source has."
@@ -88,6 +89,25 @@ class Phase:
         self._eval_examples: tuple[tf.data.Dataset, SourceInfo] | None = None
         self._subset: LabelSubset | None = None
         self._open_eval_split()
+        self._log_data()
+
+    def _log_data(self) -> None:
+        """One line naming the data: images per split read, the classes and their names."""
+        splits = [self.train_info]
+        if self._eval_examples is not None:
+            splits.append(self._eval_examples[1])
+        counts = ", ".join(f"{info.split}: {info.num_examples} images" for info in splits)
+        names = self.train_info.class_names
+        shown = ", ".join(names[:MAX_LOGGED_CLASS_NAMES])
+        if len(names) > MAX_LOGGED_CLASS_NAMES:
+            shown += f", ... ({len(names) - MAX_LOGGED_CLASS_NAMES} more in classes.txt)"
+        logger.info(
+            "data %s: %s; %d classes%s",
+            self.config.data.dataset,
+            counts,
+            self.num_classes,
+            f" ({shown})" if names else "",
+        )
 
     def _open_eval_split(self) -> None:
         """Open the evaluation split now if the run will read it. Missing, it is an error for the

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints
-from tf_simclr.config import LossConfig, OptimConfig
+from tf_simclr.config import LossConfig, ModelConfig, OptimConfig, RunConfig
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import distillation_loss
 from tf_simclr.training.phases.base import (
@@ -66,6 +66,23 @@ class DistillPhase(Phase):
 
     train_mode = "distill"
 
+    def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy) -> None:
+        super().__init__(config, strategy)
+        self.teacher_config = self._read_teacher_config()
+
+    def _read_teacher_config(self) -> ModelConfig:
+        """The architecture of ``--teacher``, read (and checked against the data's classes)
+        when the phase is constructed, so that a wrong teacher stops the run before it writes."""
+        source = self.config.train.teacher
+        teacher_config = checkpoints.load_model_config(source)
+        if teacher_config.num_classes != self.num_classes:
+            raise ValueError(
+                f"teacher {source!r} predicts {teacher_config.num_classes} classes but the "
+                f"dataset has {self.num_classes}; distill from a teacher fine-tuned on the "
+                "same labels."
+            )
+        return dataclasses.replace(teacher_config, global_bn=False)
+
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
         return self.labeled_subset().with_label_mask, self.train_info.num_examples
 
@@ -75,15 +92,7 @@ class DistillPhase(Phase):
     def teacher(self) -> SimCLRModel:
         """The frozen teacher, with its supervised head, from ``--teacher``."""
         source = self.config.train.teacher
-        teacher_config = checkpoints.load_model_config(source)
-        if teacher_config.num_classes != self.num_classes:
-            raise ValueError(
-                f"teacher {source!r} predicts {teacher_config.num_classes} classes but the "
-                f"dataset has {self.num_classes}; distill from a teacher fine-tuned on the "
-                "same labels."
-            )
-        teacher_config = dataclasses.replace(teacher_config, global_bn=False)
-        teacher = build_model(teacher_config, self.strategy, self.config.augment.image_size)
+        teacher = build_model(self.teacher_config, self.strategy, self.config.augment.image_size)
         checkpoints.restore_weights(teacher, source, include_supervised_head=True)
         teacher.trainable = False
         return teacher
