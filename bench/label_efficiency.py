@@ -11,8 +11,8 @@ test images:
 - **the SimCLRv2 encoder** under the same two protocols: the released module
   (``pretrained/fashion_mnist/hub``) when it exists, otherwise a pretraining run of the study;
 - **converged supervised baselines**: on seed 0 a budget sweep (``budget_multipliers`` x a base
-  schedule) per label fraction; the best budget (by test top-1, which can only favour the
-  baseline) then runs for the other seeds;
+  schedule, doubled again while the longest budget is the best) per label fraction; the best
+  budget (by test top-1, which can only favour the baseline) then runs for the other seeds;
 - **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2),
   seeds paired with the supervised runs (same seed, same label subset);
 - **distillation with the labels mixed in** (eq. 4, ``distill_alpha``) from the seed-0
@@ -77,6 +77,7 @@ class StudySettings:
     encoder: str = ""
     pretrain_epochs: float = 60
     budget_multipliers: tuple[float, ...] = (1, 2, 4)
+    max_budget_multiplier: float = 16
     distill_epochs: float = 10
     distill_alpha: float = 0.5
     extra_flags: tuple[str, ...] = ()
@@ -120,20 +121,30 @@ def supervised_run(fraction: float, seed: int, multiplier: float, name: str) -> 
     )
 
 
-def sweep_runs(settings: StudySettings) -> list[Run]:
-    """The supervised budget sweep on the first seed, one run per fraction and multiplier."""
+def fraction_sweep(settings: StudySettings, records: dict[str, dict], fraction: float) -> list[Run]:
+    """The supervised budget sweep of one fraction on the first seed: ``budget_multipliers``,
+    extended by doubling while the best recorded budget is the largest one (a baseline still
+    improving at its largest budget is not converged), up to ``max_budget_multiplier``."""
     seed = settings.seeds[0]
-    return [
-        supervised_run(fraction, seed, m, f"supervised_{percent(fraction)}_x{m:g}_seed{seed}")
-        for fraction in FRACTIONS
-        for m in settings.budget_multipliers
-    ]
+    multipliers = list(settings.budget_multipliers)
+    while True:
+        runs = [
+            supervised_run(fraction, seed, m, f"supervised_{percent(fraction)}_x{m:g}_seed{seed}")
+            for m in multipliers
+        ]
+        recorded = [records.get(run.name) for run in runs]
+        longest = multipliers[-1]
+        if None in recorded or longest * 2 > settings.max_budget_multiplier:
+            return runs
+        if best_of_sweep(recorded)["multiplier"] != longest:
+            return runs
+        multipliers.append(longest * 2)
 
 
 def best_multiplier(records: dict[str, dict], settings: StudySettings, fraction: float):
     """The sweep's best budget for ``fraction`` (ties go to the smaller budget), or None while
-    a sweep run of that fraction is missing."""
-    sweep = [records.get(run.name) for run in sweep_runs(settings) if run.fraction == fraction]
+    a run of that fraction's sweep is missing."""
+    sweep = [records.get(run.name) for run in fraction_sweep(settings, records, fraction)]
     if None in sweep:
         return None
     return best_of_sweep(sweep)["multiplier"]
@@ -214,9 +225,8 @@ def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
                 (*distill, f"--width_multiplier={STUDENT_WIDTH:g}"),
             )
         )
-    sweep = sweep_runs(settings)
     for fraction in FRACTIONS:  # the cheap fractions' seeds before the costly 100% sweep
-        runs += [run for run in sweep if run.fraction == fraction]
+        runs += fraction_sweep(settings, records, fraction)
         multiplier = best_multiplier(records, settings, fraction)
         if multiplier is None:
             continue
@@ -555,15 +565,19 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
             cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']})")
         lines.append(f"| {label} | {' | '.join(cells)} | {seconds / 60:.1f} min |")
     lines += ["", "Supervised budget sweep (seed 0, epochs over the labeled subset):", ""]
-    lines += ["| labels | " + " | ".join(f"{m:g}x" for m in settings.budget_multipliers) + " |"]
-    lines.append("|---|" + "---:|" * len(settings.budget_multipliers))
     by_name = {record["name"]: record for record in records}
-    for fraction in FRACTIONS:
+    sweeps = {fraction: fraction_sweep(settings, by_name, fraction) for fraction in FRACTIONS}
+    columns = max(len(sweep) for sweep in sweeps.values())
+    multipliers = [run.multiplier for run in max(sweeps.values(), key=len)]
+    lines += ["| labels | " + " | ".join(f"{m:g}x" for m in multipliers) + " |"]
+    lines.append("|---|" + "---:|" * columns)
+    for fraction, sweep in sweeps.items():
         cells = []
-        for run in (r for r in sweep_runs(settings) if r.fraction == fraction):
+        for run in sweep:
             record = by_name.get(run.name)
             epochs = SUPERVISED_BASE_EPOCHS[fraction] * run.multiplier
             cells.append(f"{record['top_1']:.4f} ({epochs:g} ep)" if record else "")
+        cells += [""] * (columns - len(cells))
         lines.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
     lines += ["", "| target | status | measured |", "|---|---|---|"]
     for text, met, evidence in targets(summary, probes):

@@ -22,20 +22,21 @@ from binary_runs import (
 )
 
 
-def _sweep_records(settings, fraction, accuracies):
-    return {
-        run.name: {**study.dataclasses.asdict(run), "top_1": accuracy, "seconds": 1.0}
-        for run, accuracy in zip(
-            [r for r in study.sweep_runs(settings) if r.fraction == fraction],
-            accuracies,
-            strict=True,
+def _sweep_records(settings, fraction, accuracies, records=None):
+    """Records for the first ``len(accuracies)`` runs of ``fraction``'s sweep, planned as the
+    study plans it (it grows as records arrive)."""
+    records = dict(records or {})
+    for accuracy in accuracies:
+        run = next(
+            r for r in study.fraction_sweep(settings, records, fraction) if r.name not in records
         )
-    }
+        records[run.name] = {**study.dataclasses.asdict(run), "top_1": accuracy, "seconds": 1.0}
+    return records
 
 
 def test_sweep_picks_the_best_budget_for_the_other_seeds():
     settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2))
-    sweep = study.sweep_runs(settings)
+    sweep = [run for f in study.FRACTIONS for run in study.fraction_sweep(settings, {}, f)]
     assert [(r.fraction, r.multiplier) for r in sweep] == [
         (f, m) for f in study.FRACTIONS for m in (1, 2, 4)
     ]
@@ -62,6 +63,27 @@ def test_sweep_picks_the_best_budget_for_the_other_seeds():
     assert summary[("supervised", 0.01)]["mean"] == 0.83
     assert summary[("supervised", 0.01)]["count"] == 1  # only the best budget counts
     assert summary[("supervised", 0.1)]["mean"] == 0.88
+
+
+def test_a_sweep_whose_longest_budget_wins_is_doubled_until_it_stops_improving():
+    settings = study.StudySettings(run_dir="/study", seeds=(0, 1), max_budget_multiplier=16)
+    records = _sweep_records(settings, 0.01, [0.76, 0.80, 0.81])  # still rising at 4x
+    assert study.best_multiplier(records, settings, 0.01) is None
+    names = [run.name for run in study.plan(settings, records)]
+    assert "supervised_1pct_x8_seed0" in names and "supervised_1pct_seed1" not in names
+
+    records = _sweep_records(settings, 0.01, [0.83], records)  # 8x wins too: 16x is next
+    assert [r.multiplier for r in study.fraction_sweep(settings, records, 0.01)] == [1, 2, 4, 8, 16]
+    records = _sweep_records(settings, 0.01, [0.84], records)  # 16x is the cap
+    assert study.best_multiplier(records, settings, 0.01) == 16
+    seed1 = {run.name: run for run in study.plan(settings, records)}["supervised_1pct_seed1"]
+    assert f"--train_epochs={16 * study.SUPERVISED_BASE_EPOCHS[0.01]:g}" in seed1.flags
+
+    # 8x falling back below 4x closes the sweep at 4x.
+    records = _sweep_records(settings, 0.01, [0.76, 0.80, 0.81, 0.805])
+    assert study.best_multiplier(records, settings, 0.01) == 4
+    table = study.markdown_table(list(records.values()), settings)
+    assert "| 1x | 2x | 4x | 8x |" in table and "0.8050 (800 ep)" in table
 
 
 def test_plan_pairs_seeds_and_orders_dependencies():
