@@ -24,6 +24,7 @@ import os
 import re
 
 from child_run import run_tf_simclr
+from release_encoder import knn_curve
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "recipe_grid")
@@ -48,18 +49,20 @@ GRID: dict[str, tuple[str, ...]] = {
     "width_0.5": ("--width_multiplier=0.5",),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
 }
-_PROGRESS = re.compile(
-    r"step (\d+)/\d+ epoch ([\d.]+) .*?eval/knn_top_1_accuracy=([\d.]+).*images/s=([\d.]+)"
-)
+# A progress line of the training loop and its training speed (images/s over the steps since
+# the previous line).
+_SPEED = re.compile(r"step \d+/\d+ epoch [\d.]+ .*?images/s=([\d.]+)")
 
 
-def knn_curve(log_text: str) -> list[dict]:
-    """``[{"epoch", "step", "knn_top_1"}]`` from the progress lines that carry a kNN score."""
-    curve = []
-    for match in _PROGRESS.finditer(log_text):
-        step, epoch, knn, _ = match.groups()
-        curve.append({"epoch": float(epoch), "step": int(step), "knn_top_1": float(knn)})
-    return curve
+def knn_by_epoch(model_dir: str) -> list[dict]:
+    """``[{"step", "epoch", "knn_top_1"}]`` of every checkpoint (one per epoch here), from the
+    run's TensorBoard events: the kNN curve without the random initialisation's step 0."""
+    return [point for point in knn_curve(model_dir) if point["step"] > 0]
+
+
+def progress_speeds(log_text: str) -> list[float]:
+    """The images/s of every progress line of a run's log."""
+    return [float(match.group(1)) for match in _SPEED.finditer(log_text)]
 
 
 def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str) -> dict:
@@ -80,8 +83,8 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
     seconds, command = run_tf_simclr(name, flags, model_dir, "grid.log")
     with open(os.path.join(model_dir, "grid.log"), encoding="utf-8") as handle:
         log_text = handle.read()
-    curve = knn_curve(log_text)
-    speeds = [float(m.group(4)) for m in _PROGRESS.finditer(log_text)]
+    curve = knn_by_epoch(model_dir)
+    speeds = progress_speeds(log_text)
     record = {
         "name": name,
         "flags": list(extra),

@@ -1,5 +1,5 @@
-"""bench/recipe_grid.py: the kNN curve read from a run's progress lines, and the table of
-recorded runs (best first, epochs 1/5/10)."""
+"""bench/recipe_grid.py: the speeds read from a run's progress lines, and the table of recorded
+runs (best first, epochs 1/5/10)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import recipe_grid as grid
 from binary_runs import REPO_ROOT
 
 LOG = """\
-I1130 loop.py:201] step 0 eval/knn_top_1_accuracy=0.4258
-I1130 loop.py:201] step 25/50 epoch 0.50 contrast_acc=0.1 total_loss=9.1 lr=1 images/s=1000.0 eta=0
-I1130 loop.py:201] step 50/50 epoch 1.00 contrast_acc=0.2 eval/knn_top_1_accuracy=0.7152 \
-total_loss=8.2 lr=0.5 images/s=1100.5 eta=00:00:00
+I1130 loop.py:148] step 0 eval/knn_top_1_accuracy=0.4258
+I1130 loop.py:379] step 100/468 epoch 0.43 contrast_acc=0.1 total_loss=9.1 lr=1 images/s=1000.0 \
+eta=00:01:00; at step 0 eval/knn_top_1_accuracy=0.4258
+I1130 loop.py:379] step 200/468 epoch 0.85 contrast_acc=0.2 total_loss=8.2 lr=0.5 \
+images/s=1100.5 eta=00:00:30; at step 0 eval/knn_top_1_accuracy=0.4258
+I1130 hub.py:219] exported hub module to /runs/base/hub/468 (encoder; 60 variables, 6 signatures)
 """
 
 
-def test_knn_curve_reads_the_checkpoint_lines_only():
-    assert grid.knn_curve(LOG) == [{"epoch": 1.0, "step": 50, "knn_top_1": 0.7152}]
+def test_speeds_are_read_from_the_progress_lines_only():
+    assert grid.progress_speeds(LOG) == [1000.0, 1100.5]
 
 
 def test_table_lists_runs_best_first(tmp_path):

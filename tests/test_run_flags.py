@@ -37,7 +37,7 @@ from binary_runs import (
     shared_runs,
 )
 
-from tf_simclr import run
+from tf_simclr import logs, run
 from tf_simclr.config import (
     CHOICES,
     DTYPE_POLICIES,
@@ -71,21 +71,20 @@ def parse(tmp_path, *argv: str):
 # released flagfiles and the reference implementation's commands use these names.
 TODAYS_FLAGS = {
     "augment_jit_compile", "batch_norm_decay", "cache_dataset", "checkpoint", "checkpoint_epochs",
-    "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength",
-    "crop_area_min", "data_dir", "dataset", "deterministic", "distill_alpha",
-    "distill_temperature", "eeta", "eval_batch_size", "eval_split", "eval_steps",
-    "eval_timeout_seconds", "export_memory_network", "fine_tune_after_block", "ft_proj_selector",
-    "global_bn", "hidden_norm", "hinton_tau_squared", "image_size", "jit_compile",
-    "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size", "knn_k", "knn_monitor",
-    "knn_temperature", "label_fraction", "label_smoothing", "labels_per_class",
-    "labels_subset_file", "learning_rate", "learning_rate_scaling",
-    "lineareval_while_pretraining", "logical_cpu_devices", "loss_scale", "memory_momentum",
-    "memory_size", "memory_warmup_steps", "mode", "model_dir", "momentum", "nesterov",
-    "num_proj_layers", "optimizer", "precision", "proj_head_mode", "proj_out_dim",
-    "resnet_depth", "se_ratio", "seed", "shuffle_buffer", "sk_ratio", "steps_per_loop",
-    "strategy", "teacher", "temperature", "tpu", "train_batch_size", "train_epochs",
-    "train_mode", "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay",
-    "width_multiplier", "zero_init_logits_layer",
+    "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength", "crop_area_min",
+    "data_dir", "dataset", "deterministic", "distill_alpha", "distill_temperature", "eeta",
+    "eval_batch_size", "eval_split", "eval_steps", "eval_timeout_seconds", "export_memory_network",
+    "fine_tune_after_block", "ft_proj_selector", "global_bn", "hidden_norm", "hinton_tau_squared",
+    "image_size", "jit_compile", "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size",
+    "knn_k", "knn_monitor", "knn_temperature", "label_fraction", "label_smoothing",
+    "labels_per_class", "labels_subset_file", "learning_rate", "learning_rate_scaling",
+    "lineareval_while_pretraining", "log_every_steps", "logical_cpu_devices", "loss_scale",
+    "memory_momentum", "memory_size", "memory_warmup_steps", "mode", "model_dir", "momentum",
+    "nesterov", "num_proj_layers", "optimizer", "precision", "proj_head_mode", "proj_out_dim",
+    "resnet_depth", "se_ratio", "seed", "shuffle_buffer", "sk_ratio", "steps_per_loop", "strategy",
+    "teacher", "temperature", "tpu", "train_batch_size", "train_epochs", "train_mode",
+    "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay", "width_multiplier",
+    "zero_init_logits_layer",
 }  # fmt: skip
 NOT_CONFIG_FLAGS = {"strategy", "tpu", "logical_cpu_devices"}
 
@@ -383,8 +382,8 @@ def test_startup_noise_filter_keeps_real_errors():
         "tf-simclr: invalid flags: --dataset='x' is not a known source",
         "/path/module.py:3: UserWarning: something",
     ]
-    assert all(run.is_startup_noise(line + "\n") for line in hidden)
-    assert not any(run.is_startup_noise(line + "\n") for line in kept)
+    assert all(logs.is_startup_noise(line + "\n") for line in hidden)
+    assert not any(logs.is_startup_noise(line + "\n") for line in kept)
 
 
 # Through the binary: exit code 2, the flag named on stderr, nothing written. All cases start

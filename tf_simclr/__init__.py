@@ -4,7 +4,7 @@
 ``hub.KerasLayer`` resolve to tf_keras, the Keras this package builds its models with.
 ``SimCLRModel`` is imported on first use (PEP 562): importing the package, its configuration or the
 binary's flags does not import TensorFlow, so ``tf-simclr --help`` is fast and the binary decides
-how TensorFlow starts (:func:`tf_simclr.run.start_tensorflow`).
+how TensorFlow starts (:func:`tf_simclr.logs.start_tensorflow`).
 """
 
 import os

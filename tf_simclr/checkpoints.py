@@ -16,6 +16,7 @@ refused with the same reason.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import json
@@ -220,6 +221,54 @@ def restore_checkpoint(model: SimCLRModel, prefix: str, memory_network: bool = F
     status = holder.restore(prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
+
+
+def _escaped(name: str) -> str:
+    """A child's name as ``tf.train.Checkpoint`` writes it in a key ('.' and '/' escaped)."""
+    return name.replace(".", "..").replace("/", "./")
+
+
+def variable_keys(root: tf.train.Checkpoint) -> set[str]:
+    """The checkpoint keys (without :data:`VALUE_SUFFIX`) of every variable reachable from
+    ``root``: the path of child names by which a breadth-first walk first reaches it, the walk
+    ``tf.train.Checkpoint`` makes when it saves."""
+    keys: set[str] = set()
+    seen: set[int] = set()
+    queue = collections.deque([("", root)])
+    while queue:
+        path, trackable = queue.popleft()
+        if id(trackable) in seen:
+            continue
+        seen.add(id(trackable))
+        if isinstance(trackable, tf.Variable):
+            keys.add(path)
+            continue
+        for name, child in tf.train.TrackableView.children(trackable).items():
+            queue.append((f"{path}/{_escaped(name)}" if path else _escaped(name), child))
+    return keys
+
+
+def restore_summary(root: tf.train.Checkpoint, prefix: str) -> str:
+    """What restoring ``prefix`` into ``root`` did, in one phrase: how many variables were
+    restored, which of ``root``'s variables the checkpoint lacks (they keep their values) and
+    which of its values nothing in ``root`` uses (TensorFlow's restore warnings, counted)."""
+    saved = {
+        key[: -len(VALUE_SUFFIX)]
+        for key, _ in tf.train.list_variables(prefix)
+        if key.endswith(VALUE_SUFFIX)
+    }
+    live = variable_keys(root)
+    summary = f"restored {len(live & saved)} variables"
+    for what, keys in (
+        ("not in the checkpoint (initial values kept)", live - saved),
+        ("in the checkpoint not used", saved - live),
+    ):
+        if keys:
+            listed = ", ".join(sorted(keys)[:MAX_LISTED]) + (
+                " ..." if len(keys) > MAX_LISTED else ""
+            )
+            summary += f"; {len(keys)} {what}: {listed}"
+    return summary
 
 
 def restore_model_from_hub(

@@ -342,6 +342,8 @@ class TrainConfig:
     ``checkpoint_epochs`` when > 0. ``init_checkpoint`` (the reference's ``--checkpoint``) is a
     training checkpoint, a model_dir or an exported hub module to start fine-tuning from;
     ``teacher`` is the same for distillation. ``eval_steps == 0`` evaluates the whole split.
+    A progress line is logged every ``log_every_steps`` steps and at the last step, whatever
+    ``steps_per_loop`` and the checkpoint cadence are.
     """
 
     train_mode: str = setting("pretrain", "Phase.", TRAIN_MODES)
@@ -352,7 +354,10 @@ class TrainConfig:
     train_epochs: float = setting(100.0, "Training epochs (ignored if train_steps > 0).")
     train_steps: int = setting(0, "Training steps; overrides train_epochs when > 0.")
     eval_steps: int = setting(0, "Evaluation steps; 0 evaluates the whole split.")
-    steps_per_loop: int = setting(50, "Steps per tf.function call (and log line).")
+    steps_per_loop: int = setting(50, "Steps per tf.function call.")
+    log_every_steps: int = setting(
+        100, "Log a progress line every this many steps (and at the last one)."
+    )
     checkpoint_epochs: float = setting(1.0, "Checkpoint every this many epochs.")
     checkpoint_steps: int = setting(0, "Checkpoint every this many steps (overrides).")
     keep_checkpoint_max: int = setting(5, "Checkpoints kept in model_dir/ckpt.")
@@ -383,6 +388,7 @@ class TrainConfig:
         )
         _require(self.train_steps >= 0 and self.eval_steps >= 0, "step counts must be >= 0.")
         _require(self.steps_per_loop >= 1, "steps_per_loop must be >= 1.")
+        _require(self.log_every_steps >= 1, "log_every_steps must be >= 1.")
         _require(
             self.checkpoint_epochs > 0 or self.checkpoint_steps > 0,
             "set checkpoint_epochs > 0 or checkpoint_steps > 0.",

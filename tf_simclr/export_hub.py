@@ -34,36 +34,25 @@ import dataclasses
 import os
 import sys
 
-import tensorflow as tf
 from absl import app, flags, logging
 
-from tf_simclr import reference
-from tf_simclr.checkpoints import (
-    CKPT_SUBDIR,
-    CONFIG_FILENAME,
-    checkpoint_step,
-    find_usable_checkpoint,
-    is_hub_module,
-    is_reference_checkpoint,
-    read_model_config,
-    restore_checkpoint,
-)
-from tf_simclr.hub import (
-    DEFAULT_WEIGHT_DECAY,
-    check_export_dir,
-    export_to_model_dir,
-    module_parts,
-    save_hub_module,
-)
+from tf_simclr.config import OptimConfig
+from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
 from tf_simclr.model_dir import first_line, is_disk_full
-from tf_simclr.models.simclr import SimCLRModel
 
+# TensorFlow and what needs it are imported inside the functions: the binary imports them only
+# after :func:`start_tensorflow`, which hides TensorFlow's start-up logging.
+DEFAULT_WEIGHT_DECAY = OptimConfig.weight_decay  # as tf_simclr.hub's
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def saved_step(prefix: str) -> int | None:
     """The step a checkpoint recorded: its ``step`` variable, or the number the training loop
     saved it under (``ckpt-<step>``); None when it has neither."""
+    import tensorflow as tf
+
+    from tf_simclr.checkpoints import CKPT_SUBDIR, checkpoint_step
+
     reader = tf.train.load_checkpoint(prefix)
     if reader.has_tensor(STEP_KEY):
         return int(reader.get_tensor(STEP_KEY))
@@ -95,6 +84,23 @@ def export_checkpoint(
     Everything that can be checked without the weights is checked before they are restored (see
     the module docstring).
     """
+    from tf_simclr import reference
+    from tf_simclr.checkpoints import (
+        CONFIG_FILENAME,
+        find_usable_checkpoint,
+        is_hub_module,
+        is_reference_checkpoint,
+        read_model_config,
+        restore_checkpoint,
+    )
+    from tf_simclr.hub import (
+        check_export_dir,
+        export_to_model_dir,
+        module_parts,
+        save_hub_module,
+    )
+    from tf_simclr.models.simclr import SimCLRModel
+
     if is_reference_checkpoint(checkpoint):
         if config_path or memory_network:
             raise ValueError(
@@ -185,6 +191,9 @@ def export_reference_checkpoint(
 ) -> str:
     """Convert a checkpoint of the reference implementation into a TF-Hub module at
     ``export_dir`` (see :func:`tf_simclr.reference.load_reference_model`); returns its path."""
+    from tf_simclr import reference
+    from tf_simclr.hub import save_hub_module
+
     model, source = reference.load_reference_model(
         checkpoint,
         ft_proj_selector=ft_proj_selector,
@@ -254,6 +263,10 @@ def main(argv: list[str]) -> int:
     """Export as the flags say; returns the exit status (see the module docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    start_tensorflow()
+    quiet_tensorflow_logs()
+    from tf_simclr.hub import check_export_dir
+
     values = flags.FLAGS
     try:
         if values.export_dir:

@@ -37,6 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_simclr.config import ModelConfig, OptimConfig
+from tf_simclr.logs import SAVE_NOISE, dropped
 from tf_simclr.models.simclr import SimCLRModel
 from tf_simclr.objectives.weight_decay import weight_decay_loss
 
@@ -213,15 +214,26 @@ def save_hub_module(
         with open(metadata_path, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2, sort_keys=True)
         root.metadata = tf.saved_model.Asset(metadata_path)
-        tf.saved_model.save(root, export_dir, signatures=signatures)
+        with dropped(SAVE_NOISE):
+            tf.saved_model.save(root, export_dir, signatures=signatures)
     logging.info(
-        "Exported TF-Hub module with %s (%d variables, %d signatures) to %s",
+        "exported hub module to %s (%s; %d variables, %d signatures, %.1f MB)",
+        export_dir,
         ", ".join(parts),
         len(root.variables),
         len(signatures),
-        export_dir,
+        _folder_bytes(export_dir) / 1e6,
     )
     return export_dir
+
+
+def _folder_bytes(path: str) -> int:
+    """Total size of the files under ``path``."""
+    return sum(
+        tf.io.gfile.stat(os.path.join(folder, name)).length
+        for folder, _, names in tf.io.gfile.walk(path)
+        for name in names
+    )
 
 
 def check_export_dir(

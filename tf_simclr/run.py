@@ -15,15 +15,11 @@ another run), 3 stopped on NaN or Inf, 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -40,6 +36,7 @@ from tf_simclr.config import (
     TrainConfig,
 )
 from tf_simclr.flag_schema import Alias, FlagSchema, install_grouped_help
+from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 DISTRIBUTION = "distribution and speed"
@@ -220,69 +217,6 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
         )
 
 
-# A line of absl's C++ log starts with its severity and the date: "I0000 ...", "E0000 ...".
-_CPP_LOG_LINE = re.compile(r"([IWEF])\d{4} ")
-# TensorFlow's start-up lines that the severity does not sort out: absl's notice that it logs to
-# stderr before absl::InitializeLog() (prefixed "WARNING:", not "W0000"), the second line of
-# cpu_feature_guard.cc's INFO, and cuda_platform.cc's ERROR when the CUDA libraries are installed
-# but there is no GPU.
-_STARTUP_NOISE = (
-    "All log messages before absl::InitializeLog() is called",
-    "To enable the following instructions:",
-    "failed call to cuInit",
-)
-
-
-def is_startup_noise(line: str) -> bool:
-    """Whether ``line`` of TensorFlow's start-up output is hidden by :func:`start_tensorflow`."""
-    match = _CPP_LOG_LINE.match(line)
-    return bool(match and match.group(1) in "IW") or any(text in line for text in _STARTUP_NOISE)
-
-
-@contextlib.contextmanager
-def _stderr_without(hidden: Callable[[str], bool]) -> Iterator[None]:
-    """Capture file descriptor 2 (TensorFlow's C++ code writes to it directly) and write the
-    captured lines back afterwards, except those ``hidden`` accepts."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not hidden(line)))
-            sys.stderr.flush()
-
-
-def start_tensorflow() -> None:
-    """Import TensorFlow and find its devices, without its start-up logging.
-
-    TensorFlow 2.21 writes the oneDNN notice, ``cudart_stub.cc``'s "Could not find cuda drivers"
-    and ``cpu_feature_guard.cc``'s instruction list at INFO through absl's C++ log before
-    ``absl::InitializeLog()``, which ignores ``TF_CPP_MIN_LOG_LEVEL``; and where the CUDA
-    libraries are installed without a GPU, ``cuda_platform.cc`` logs the failed ``cuInit`` when the
-    devices are first listed, at ERROR, which only level 3 would hide (with every real error
-    after it). ``CUDA_VISIBLE_DEVICES=""`` does not help either (cuInit still fails and logs) and
-    would take the GPU away from runs that have one. So unless the user chose a level,
-    ``TF_CPP_MIN_LOG_LEVEL`` is 2 (INFO and WARNING hidden) and, while TensorFlow starts, stderr
-    is captured and replayed without its INFO and WARNING lines and without the cuInit failure.
-    The trade-off: a machine whose GPU driver is broken trains on the CPU without that line
-    saying why (``TF_CPP_MIN_LOG_LEVEL=0`` shows it), and output of a crash inside the import
-    itself is lost. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees TensorFlow's output untouched.
-    """
-    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_without(is_startup_noise) if quiet else contextlib.nullcontext():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-
-
 def _refuse(reason: str, error: BaseException) -> int:
     print(f"tf-simclr: {reason}: {error}", file=sys.stderr)
     return 2
@@ -291,6 +225,7 @@ def _refuse(reason: str, error: BaseException) -> int:
 def main(argv: list[str]) -> int:
     del argv
     start_tensorflow()
+    quiet_tensorflow_logs()
     values = flags.FLAGS.flag_values_dict()
     try:
         explicit = explicit_model_fields(flags.FLAGS)

@@ -8,6 +8,8 @@ the classes of evaluation images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -55,6 +57,33 @@ def evaluate_classifier(
     }
 
 
+def feature_function(
+    model: keras.Model, endpoint: str = "final_avg_pool", normalize: bool = True
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``images -> endpoint features`` (L2-normalised unless ``normalize=False``) in one
+    ``tf.function``. Make it once per model and reuse it: every new function traces the model
+    again (the kNN monitor at every checkpoint made TensorFlow warn about retracing)."""
+
+    @tf.function(reduce_retracing=True)
+    def features(images: tf.Tensor) -> tf.Tensor:
+        values = model(images, training=False)[endpoint]
+        return tf.math.l2_normalize(values, axis=-1) if normalize else values
+
+    return features
+
+
+def features_of(
+    features: Callable[[tf.Tensor], tf.Tensor], dataset: tf.data.Dataset
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``features`` (a :func:`feature_function`) and labels of a batched
+    ``{"image", "label"}`` set."""
+    all_features, all_labels = [], []
+    for batch in dataset:
+        all_features.append(features(batch["image"]))
+        all_labels.append(tf.cast(batch["label"], tf.int32))
+    return tf.concat(all_features, axis=0), tf.concat(all_labels, axis=0)
+
+
 def extract_features(
     model: keras.Model,
     dataset: tf.data.Dataset,
@@ -63,17 +92,7 @@ def extract_features(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """``endpoint`` features (L2-normalised unless ``normalize=False``) and labels of a batched
     ``{"image", "label"}`` set."""
-
-    @tf.function
-    def features(images: tf.Tensor) -> tf.Tensor:
-        values = model(images, training=False)[endpoint]
-        return tf.math.l2_normalize(values, axis=-1) if normalize else values
-
-    all_features, all_labels = [], []
-    for batch in dataset:
-        all_features.append(features(batch["image"]))
-        all_labels.append(tf.cast(batch["label"], tf.int32))
-    return tf.concat(all_features, axis=0), tf.concat(all_labels, axis=0)
+    return features_of(feature_function(model, endpoint, normalize), dataset)
 
 
 def weighted_knn_accuracy(

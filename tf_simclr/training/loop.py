@@ -3,11 +3,13 @@
 ``steps_per_loop`` steps run inside one ``tf.function`` through ``strategy.run``; each replica's
 loss is divided by the number of replicas because gradients are summed across replicas. The loop
 resumes from the checkpoint it is given (model, optimizer slots and step), logs every metric to
-TensorBoard (``model_dir/train``) and to the terminal, and saves at ``checkpoint_steps``
-boundaries. Only finite state is saved: the loop stops on a non-finite loss, and at every
-checkpoint boundary it first checks that every model, optimizer and checkpointed variable is
-finite (the loss is computed before the update, so the update that blows the weights up would
-otherwise be saved). A save that fails (full disk, interruption) leaves nothing half-written.
+TensorBoard (``model_dir/train``) after every call, saves at ``checkpoint_steps`` boundaries and
+logs a progress line every ``log_every_steps`` steps: the two cadences are independent, and a
+call stops at whichever boundary comes first. Only finite state is saved: the loop stops on a
+non-finite loss, and at every checkpoint boundary it first checks that every model, optimizer and
+checkpointed variable is finite (the loss is computed before the update, so the update that
+blows the weights up would otherwise be saved). A save that fails (full disk, interruption)
+leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr.checkpoints import CKPT_SUBDIR, latest_checkpoint, remove_unfinished_save
+from tf_simclr.checkpoints import (
+    CKPT_SUBDIR,
+    latest_checkpoint,
+    remove_unfinished_save,
+    restore_summary,
+)
+from tf_simclr.config import TrainConfig
+from tf_simclr.logs import SAVE_NOISE, dropped
 from tf_simclr.training.strategy import is_chief
 
 logger = logging.getLogger("tf_simclr")
@@ -50,6 +59,7 @@ class LoopSettings:
     steps_per_epoch: int
     jit_compile: bool = False
     resume_from: str | None = None
+    log_every_steps: int = TrainConfig.log_every_steps
 
 
 @dataclasses.dataclass
@@ -116,7 +126,8 @@ def train(
     # missing or older than the chief's (it is deleted at the end of each run).
     if settings.resume_from:
         checkpoint.restore(settings.resume_from).expect_partial()
-        logger.info("resumed from %s", settings.resume_from)
+        summary = restore_summary(checkpoint, settings.resume_from)
+        logger.info("resumed from %s: %s", settings.resume_from, summary)
     finite = FiniteCheck([model, optimizer, *functions.checkpoint_objects.values()])
     start_step = int(optimizer.iterations.numpy())
     chief = is_chief(strategy)
@@ -129,22 +140,23 @@ def train(
     iterator = iterator_factory(start_step)
     step = start_step
     scalars: dict[str, float] = {}
+    initial = None
     if step == 0 and functions.on_checkpoint is not None:
         # Where the encoder stands before any update (e.g. kNN of the random initialisation).
         initial = functions.on_checkpoint(0)
         _write_scalars(writer, initial, 0)
-        logger.info("step 0 %s", " ".join(f"{k}={v:.4g}" for k, v in initial.items()))
-    started = time.time()
+        logger.info("step 0 %s", _format(initial))
+    progress = Progress(settings, start_step, initial)
     saved = False  # whether this call wrote a checkpoint yet
     while step < settings.total_steps:
-        next_checkpoint = (step // settings.checkpoint_steps + 1) * settings.checkpoint_steps
-        count = min(settings.steps_per_loop, settings.total_steps - step, next_checkpoint - step)
+        count = _steps_to_next_stop(step, settings)
         loop_start = time.time()
         scalars = run_steps(iterator, count)
         step = int(optimizer.iterations.numpy())
         elapsed = max(time.time() - loop_start, 1e-9)
         if not all(math.isfinite(value) for value in scalars.values()):
             raise _non_finite(f"non-finite loss at step {step} ({scalars})", settings, saved)
+        progress.add(scalars, count, elapsed)
         scalars["images_per_second"] = count * settings.global_batch_size / elapsed
         scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
         if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
@@ -156,19 +168,34 @@ def train(
             _save(manager, step)
             saved = True
             if functions.on_checkpoint is not None:
-                scalars.update(functions.on_checkpoint(step))
+                measured = functions.on_checkpoint(step)
+                scalars.update(measured)
+                progress.monitored(step, measured)
         _write_scalars(writer, scalars, step)
-        _log_progress(step, settings, scalars, time.time() - started, step - start_step)
+        if step % settings.log_every_steps == 0 or step == settings.total_steps:
+            progress.log(step, scalars["learning_rate"])
     writer.flush()
     if not chief:
         shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
     return scalars
 
 
+def _steps_to_next_stop(step: int, settings: LoopSettings) -> int:
+    """Steps of the next ``tf.function`` call: ``steps_per_loop``, fewer to stop at the next
+    checkpoint, the next progress line or the last step."""
+    return min(
+        settings.steps_per_loop,
+        settings.total_steps - step,
+        settings.checkpoint_steps - step % settings.checkpoint_steps,
+        settings.log_every_steps - step % settings.log_every_steps,
+    )
+
+
 def _save(manager: tf.train.CheckpointManager, step: int) -> None:
     """Save checkpoint ``step``; if the save fails, remove what it wrote before re-raising."""
     try:
-        manager.save(checkpoint_number=step)
+        with dropped(SAVE_NOISE):
+            manager.save(checkpoint_number=step)
     except BaseException:
         remove_unfinished_save(os.path.join(manager.directory, f"ckpt-{step}"))
         raise
@@ -299,23 +326,55 @@ def _write_scalars(writer, scalars: dict[str, float], step: int) -> None:
             tf.summary.scalar(tag, value)
 
 
-def _log_progress(
-    step: int, settings: LoopSettings, scalars: dict[str, float], elapsed: float, done: int
-) -> None:
-    remaining = settings.total_steps - step
-    eta = elapsed / max(done, 1) * remaining
-    shown = " ".join(
-        f"{name}={value:.4g}"
-        for name, value in scalars.items()
-        if name not in ("images_per_second", "learning_rate")
-    )
-    logger.info(
-        "step %d/%d epoch %.2f %s lr=%.4g images/s=%.1f eta=%s",
-        step,
-        settings.total_steps,
-        step / max(settings.steps_per_epoch, 1),
-        shown,
-        scalars["learning_rate"],
-        scalars["images_per_second"],
-        time.strftime("%H:%M:%S", time.gmtime(eta)),
-    )
+def _format(scalars: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" for name, value in scalars.items())
+
+
+class Progress:
+    """The progress lines: the training scalars averaged over the steps since the previous
+    line, the speed over them, the estimated time left, and the newest monitor scalars (e.g.
+    the kNN accuracy of the last checkpoint) with the step they were measured at."""
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        start_step: int,
+        initial_monitors: dict[str, float] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._start_step = start_step
+        self._started = time.time()
+        self._steps = 0
+        self._seconds = 0.0
+        self._sums: dict[str, float] = {}
+        self._monitors = None if initial_monitors is None else (start_step, initial_monitors)
+
+    def add(self, scalars: dict[str, float], steps: int, seconds: float) -> None:
+        """Count ``steps`` steps that took ``seconds`` and averaged ``scalars``."""
+        self._steps += steps
+        self._seconds += seconds
+        for name, value in scalars.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value * steps
+
+    def monitored(self, step: int, scalars: dict[str, float]) -> None:
+        """The monitor scalars measured at ``step``."""
+        self._monitors = (step, scalars)
+
+    def log(self, step: int, learning_rate: float) -> None:
+        """Log the line of ``step`` and start a new interval."""
+        settings = self._settings
+        done = max(step - self._start_step, 1)
+        eta = (time.time() - self._started) / done * (settings.total_steps - step)
+        means = {name: total / self._steps for name, total in self._sums.items()}
+        line = (
+            f"step {step}/{settings.total_steps} epoch "
+            f"{step / max(settings.steps_per_epoch, 1):.2f} {_format(means)} "
+            f"lr={learning_rate:.4g} "
+            f"images/s={self._steps * settings.global_batch_size / self._seconds:.1f} "
+            f"eta={time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        )
+        if self._monitors is not None:
+            measured_at, monitors = self._monitors
+            line += f"; at step {measured_at} {_format(monitors)}"
+        logger.info("%s", line)
+        self._steps, self._seconds, self._sums = 0, 0.0, {}

@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr import checkpoints, hub
+from tf_simclr import checkpoints, hub, logs
 from tf_simclr.config import RunConfig
 from tf_simclr.data import build_distributed_dataset
 from tf_simclr.model_dir import write_json_atomically, write_text_atomically
@@ -54,6 +54,20 @@ class PhaseRunner:
         self.source, self.num_examples = self.phase.training_examples()
         self.total_steps = num_train_steps(
             self.num_examples, train.train_epochs, train.train_batch_size, train.train_steps
+        )
+        self.steps_per_epoch = max(self.num_examples // train.train_batch_size, 1)
+        logger.info("%s", self._start_line())
+
+    def _start_line(self) -> str:
+        """Phase, data, model, strategy, precision and steps, in one line."""
+        train, strategy = self.config.train, self.strategy
+        return logs.start_line(
+            f"{train.train_mode} (mode {train.mode})",
+            self.phase.describe_data(),
+            self.model_config,
+            type(strategy).__name__.strip("_"),
+            strategy.num_replicas_in_sync,
+            (self.total_steps, self.steps_per_epoch, train.train_batch_size),
         )
 
     def recorded_result(self) -> dict | None:
@@ -129,9 +143,10 @@ class PhaseRunner:
             checkpoint_steps=checkpoint_steps,
             keep_checkpoint_max=train.keep_checkpoint_max,
             global_batch_size=batch,
-            steps_per_epoch=max(num_examples // batch, 1),
+            steps_per_epoch=self.steps_per_epoch,
             jit_compile=train.jit_compile,
             resume_from=resume_from,
+            log_every_steps=train.log_every_steps,
         )
         scalars = loop.train(strategy, model, optimizer, functions, iterator_factory, settings)
         self.model = model

@@ -89,10 +89,10 @@ class Phase:
         self._eval_examples: tuple[tf.data.Dataset, SourceInfo] | None = None
         self._subset: LabelSubset | None = None
         self._open_eval_split()
-        self._log_data()
 
-    def _log_data(self) -> None:
-        """One line naming the data: images per split read, the classes and their names."""
+    def describe_data(self) -> str:
+        """The data in a phrase (for the run's start line): images per split read, the classes
+        and their names."""
         splits = [self.train_info]
         if self._eval_examples is not None:
             splits.append(self._eval_examples[1])
@@ -101,12 +101,8 @@ class Phase:
         shown = ", ".join(names[:MAX_LOGGED_CLASS_NAMES])
         if len(names) > MAX_LOGGED_CLASS_NAMES:
             shown += f", ... ({len(names) - MAX_LOGGED_CLASS_NAMES} more in classes.txt)"
-        logger.info(
-            "data %s: %s; %d classes%s",
-            self.config.data.dataset,
-            counts,
-            self.num_classes,
-            f" ({shown})" if names else "",
+        return f"data {self.config.data.dataset}: {counts}; {self.num_classes} classes" + (
+            f" ({shown})" if names else ""
         )
 
     def _open_eval_split(self) -> None:
@@ -239,8 +235,9 @@ class Phase:
             return build_distributed_dataset(self.strategy, source, info.num_examples, **kwargs)
         return build_dataset(source, info.num_examples, **kwargs)
 
-    def knn_accuracy(self, model: SimCLRModel) -> float:
-        """Weighted kNN top-1 of ``final_avg_pool`` (bank: training images, queries: eval)."""
+    def knn_accuracy(self, features: Callable[[tf.Tensor], tf.Tensor]) -> float:
+        """Weighted kNN top-1 of ``final_avg_pool`` (bank: training images, queries: eval);
+        ``features`` is the model's :func:`~tf_simclr.training.evaluate.feature_function`."""
         train = self.config.train
         bank = build_dataset(
             self.train_source.take(train.knn_bank_size),
@@ -250,8 +247,8 @@ class Phase:
             augment=self.config.augment,
             training=False,
         )
-        bank_features, bank_labels = evaluate.extract_features(model, bank)
-        queries, query_labels = evaluate.extract_features(model, self.eval_dataset(False))
+        bank_features, bank_labels = evaluate.features_of(features, bank)
+        queries, query_labels = evaluate.features_of(features, self.eval_dataset(False))
         return evaluate.weighted_knn_accuracy(
             bank_features,
             bank_labels,

@@ -23,7 +23,7 @@ from tf_simclr.objectives import (
     memory_metrics,
     supervised_loss,
 )
-from tf_simclr.training import loop
+from tf_simclr.training import evaluate, loop
 from tf_simclr.training.memory import NegativeMemory
 from tf_simclr.training.phases.base import Compute, Phase, accuracy, add_weight_decay
 
@@ -143,12 +143,13 @@ class PretrainPhase(Phase):
     def monitor(self, model: SimCLRModel) -> Callable[[int], dict[str, float]] | None:
         if not self.config.train.knn_monitor:
             return None
-        return lambda step: {"eval/knn_top_1_accuracy": self.knn_accuracy(model)}
+        features = evaluate.feature_function(model)  # traced once for every checkpoint
+        return lambda step: {"eval/knn_top_1_accuracy": self.knn_accuracy(features)}
 
     def evaluations(self, model: SimCLRModel) -> dict[str, float]:
         if not self.config.train.knn_monitor:
             return {}
-        return {"knn_top_1_accuracy": self.knn_accuracy(model)}
+        return {"knn_top_1_accuracy": self.knn_accuracy(evaluate.feature_function(model))}
 
     def exported_model(self, model: SimCLRModel) -> SimCLRModel:
         if self.memory is not None and self.config.memory.export_memory_network:
