@@ -31,7 +31,7 @@ from tensorflow.python.platform import tf_logging
 
 from tf_simclr import checkpoints, logs
 from tf_simclr.config import ModelConfig
-from tf_simclr.training import loop
+from tf_simclr.training import evaluate, loop
 
 # ----------------------------------------------------------------------- TensorFlow's chatter
 
@@ -99,6 +99,22 @@ def test_tensorflows_chatter_is_dropped_and_real_warnings_pass(caplog, tmp_path)
     assert "Value in checkpoint could not be found in the restored object: (root).dropped" in (
         unfiltered
     )
+
+
+def test_the_knn_features_are_traced_once_for_all_checkpoints():
+    traces = []
+
+    def model(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+        traces.append(images.shape)
+        return {"final_avg_pool": tf.reduce_mean(images, axis=[1, 2])}
+
+    images = {"image": tf.zeros([10, 4, 4, 3]), "label": tf.zeros([10], tf.int32)}
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(4)  # batches of 4, 4 and 2
+    features = evaluate.feature_function(model)  # what the kNN monitor makes once
+    for _ in range(6):  # six checkpoints
+        values, _ = evaluate.features_of(features, dataset)
+    assert values.shape == (10, 3)
+    assert len(traces) <= 2, traces  # no retracing per call, hence no retracing warning
 
 
 # --------------------------------------------------------------------------- restore summary
