@@ -55,7 +55,7 @@ from tf_simclr.hub import (
     module_parts,
     save_hub_module,
 )
-from tf_simclr.model_dir import first_line, is_disk_full
+from tf_simclr.model_dir import first_line, is_disk_full, read_class_names
 from tf_simclr.models.simclr import SimCLRModel
 
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -151,6 +151,7 @@ def export_checkpoint(
     except ValueError as error:
         raise ValueError(f"{error} (architecture read from {config_path})") from error
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
+    class_names = read_class_names(model_dir)
     if export_dir:
         return save_hub_module(
             model,
@@ -160,6 +161,7 @@ def export_checkpoint(
             weight_decay=weight_decay,
             step=step,
             overwrite=overwrite,
+            class_names=class_names,
         )
     return export_to_model_dir(
         model,
@@ -169,6 +171,7 @@ def export_checkpoint(
         include_projection_head,
         include_supervised_head,
         weight_decay=weight_decay,
+        class_names=class_names,
     )
 
 

@@ -25,7 +25,7 @@ import tf_keras as keras
 from tf_simclr import checkpoints, hub
 from tf_simclr.config import RunConfig
 from tf_simclr.data import build_distributed_dataset
-from tf_simclr.model_dir import write_json_atomically, write_text_atomically
+from tf_simclr.model_dir import write_class_names, write_json_atomically
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import build_learning_rate_schedule, build_optimizer, num_train_steps
 from tf_simclr.training import evaluate, loop, phases
@@ -35,7 +35,6 @@ logger = logging.getLogger("tf_simclr")
 
 
 RESULT_FILENAME = "result.json"
-CLASSES_FILENAME = "classes.txt"
 
 
 class PhaseRunner:
@@ -148,6 +147,7 @@ class PhaseRunner:
                 train.model_dir,
                 self.total_steps,
                 train.keep_hub_module_max,
+                class_names=self.train_info.class_names,
             )
 
     def evaluate(
@@ -199,10 +199,8 @@ class PhaseRunner:
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
             write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
-            names = self.train_info.class_names
-            if names:  # line i names class i
-                path = os.path.join(train.model_dir, CLASSES_FILENAME)
-                write_text_atomically(path, "".join(f"{name}\n" for name in names))
+            if self.train_info.class_names:
+                write_class_names(train.model_dir, self.train_info.class_names)
         recorded = _read_result(train.model_dir)
         result: dict = {"train_mode": train.train_mode}
         if train.mode in ("train", "train_then_eval"):
