@@ -2,9 +2,10 @@
 
 Flags keep the names of google-research/simclr where the meaning is the same, so its recipes
 translate directly; recipes for this project live in ``flags/`` and are passed with
-``--flagfile``. Every flag is validated (by the configuration dataclasses and the checks below)
-before any data is read or any model is built; the data, the batch split over the replicas and
-the model_dir's lock are checked before any file is written.
+``--flagfile`` from any directory (an include inside a flagfile is found beside it). Every flag
+is validated (by the configuration dataclasses and the checks below) before any data is read or
+any model is built; the data, the batch split over the replicas and the model_dir's lock are
+checked before any file is written.
 
     tf-simclr --flagfile=flags/fashion_mnist/pretrain.flags --model_dir=/tmp/run/pretrain
 
@@ -40,6 +41,7 @@ from tf_simclr.config import (
     TrainConfig,
 )
 from tf_simclr.flag_schema import Alias, FlagSchema, install_grouped_help
+from tf_simclr.flagfiles import expand_flagfiles
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 DISTRIBUTION = "distribution and speed"
@@ -389,11 +391,18 @@ def _run(config: RunConfig, values: dict, strategy) -> int:
     return 0
 
 
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Parse ``argv`` into ``flag_values`` (defined by :func:`define_flags`), flagfiles
+    expanded so that their includes resolve beside them (:mod:`tf_simclr.flagfiles`)."""
+    return flag_values(expand_flagfiles(argv))
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but an unknown flag or a bad value exits with 2 like every invalid flag."""
+    """:func:`parse_flags` on the global flags; an unknown flag, a bad value or a missing
+    flagfile exits with 2 like every invalid flag."""
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
+        return parse_flags(flags.FLAGS, argv)
+    except (flags.Error, FileNotFoundError, ValueError) as error:
         print(f"tf-simclr: invalid flags: {error}", file=sys.stderr)
         sys.exit(2)
 
