@@ -211,6 +211,7 @@ BAD_FLAGS = [
     ("memory outside pretraining", ["--train_mode=finetune", "--memory_size=512"], "pretraining"),
     ("memory momentum of 1", ["--memory_size=512", "--memory_momentum=1"], "memory_momentum"),
     ("memory export without memory", ["--export_memory_network"], "memory_size"),
+    ("eval with nothing to evaluate", ["--mode=eval"], "has no checkpoint to evaluate"),
 ]
 
 

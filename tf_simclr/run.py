@@ -163,10 +163,17 @@ def source_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
     """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
     or a reference checkpoint), checked before anything is written. ``explicit`` names the
     ModelConfig fields the user set: those that shape the encoder or projection head must agree
-    with the source (``ValueError`` naming both values otherwise); the others are free."""
+    with the source (``ValueError`` naming both values otherwise); the others are free. An
+    evaluation of the source as it is also takes the input of its supervised head, unless
+    ``--ft_proj_selector`` is given."""
     from tf_simclr import checkpoints
 
-    model = checkpoints.source_architecture(config.model, config.train.init_checkpoint, explicit)
+    source = config.train.init_checkpoint
+    model = checkpoints.source_architecture(config.model, source, explicit)
+    if checkpoints.evaluates_source(config.train) and "ft_proj_selector" not in explicit:
+        found = checkpoints.load_model_config(source)  # --mode=eval reads the source's head
+        if found.num_classes:
+            model = dataclasses.replace(model, ft_proj_selector=found.ft_proj_selector)
     return dataclasses.replace(config, model=model)
 
 
@@ -201,6 +208,17 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
                 checkpoints.find_usable_checkpoint(path)
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
+    train = config.train
+    if (
+        train.mode == "eval"
+        and not (train.init_checkpoint or train.eval_timeout_seconds)
+        and not checkpoints.latest_checkpoint(train.model_dir)
+    ):
+        raise ValueError(
+            f"--mode=eval: {train.model_dir} has no checkpoint to evaluate; pass "
+            "--checkpoint=<model_dir, hub module or reference checkpoint> to evaluate that, or "
+            "--eval_timeout_seconds=N to wait for the checkpoints of a training run."
+        )
     devices = values["logical_cpu_devices"]
     if devices > 1 and values["strategy"] == "default":
         raise ValueError(

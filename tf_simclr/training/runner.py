@@ -151,16 +151,16 @@ class PhaseRunner:
             )
 
     def evaluate(
-        self, model: SimCLRModel | None = None, step: int | None = None
+        self, model: SimCLRModel | None = None, step: int | None = None, classifier: bool = True
     ) -> dict[str, float]:
-        """Top-1 / top-5 of the supervised head over the whole eval split and the phase's own
-        evaluations (kNN for pretraining), logged at ``step`` (default: the newest
-        checkpoint's)."""
+        """Top-1 / top-5 of the supervised head (unless ``classifier`` is False) over the whole
+        eval split and the phase's own evaluations (kNN for pretraining), logged at ``step``
+        (default: the newest checkpoint's)."""
         train = self.config.train
         if model is None:
             model = self._restore_for_eval()
         results: dict[str, float] = {}
-        if model.supervised_head is not None:
+        if classifier and model.supervised_head is not None:
             dataset = self.phase.eval_dataset(True)
             results.update(
                 evaluate.evaluate_classifier(self.strategy, model, dataset, train.eval_steps)
@@ -189,6 +189,19 @@ class PhaseRunner:
         checkpoints.restore_checkpoint(model, path)
         return model
 
+    def evaluate_source(self, source: str) -> dict:
+        """``mode=eval`` of a model_dir without checkpoints of its own: the weights of
+        ``--checkpoint`` (a run, a hub module or a reference checkpoint) as they are, at step 0.
+        Fine-tuning and distillation evaluate the source's supervised head (an error when it has
+        none); pretraining evaluates its encoder (kNN) only."""
+        model = phases.base.build_model(
+            self.model_config, self.strategy, self.config.augment.image_size
+        )
+        classifier = self.config.train.train_mode != "pretrain"
+        checkpoints.restore_weights(model, source, include_supervised_head=classifier)
+        logger.info("evaluating %s as it is (no checkpoint in the model_dir)", source)
+        return {**self.evaluate(model, step=0, classifier=classifier), "checkpoint": source}
+
     def run(self) -> dict:
         """Run ``mode`` (train, eval or train_then_eval); records the result in
         ``result.json`` (sections of earlier runs kept) and returns it."""
@@ -214,7 +227,10 @@ class PhaseRunner:
         if train.mode == "train_then_eval":
             result["eval"] = self.evaluate(self.model)
         if train.mode == "eval":
-            result["eval"] = follow_checkpoints(self)
+            if checkpoints.evaluates_source(train):
+                result["eval"] = self.evaluate_source(train.init_checkpoint)
+            else:
+                result["eval"] = follow_checkpoints(self)
         result = {**recorded, **result}  # e.g. mode=eval after training: keep the train section
         if self.chief:
             write_json_atomically(os.path.join(train.model_dir, RESULT_FILENAME), result)
