@@ -199,7 +199,7 @@ class PhaseRunner:
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
             write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
-            names = self.train_info.class_names
+            names = self.phase.label_info.class_names
             if names:  # line i names class i
                 path = os.path.join(train.model_dir, CLASSES_FILENAME)
                 write_text_atomically(path, "".join(f"{name}\n" for name in names))
