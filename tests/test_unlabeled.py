@@ -202,6 +202,9 @@ def test_what_cannot_run_without_labels_is_refused_before_any_work(
         PretrainPhase(
             run_config(tmp_path, other_classes, mode="train_then_eval"), one_device_strategy
         )
+    missing = dataclasses.replace(data, eval_dataset=f"folder:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match=r"--eval_dataset=folder:.* cannot be read"):
+        PretrainPhase(run_config(tmp_path, missing), one_device_strategy)
     with pytest.raises(ValueError, match="label_dataset is distillation's source of labels"):
         run_config(tmp_path, dataclasses.replace(data, label_dataset=f"folder:{labeled}"))
 

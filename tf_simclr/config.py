@@ -525,10 +525,12 @@ class DataConfig:
         "fashion_mnist", "fashion_mnist, synthetic[:opts], folder:PATH or tfds:NAME."
     )
     eval_dataset: str = setting(
-        "", "Labeled source of evaluation and the kNN monitor (default: the labels' source)."
+        "", "Labeled source of evaluation and the kNN monitor (default: label_dataset or dataset)."
     )
     label_dataset: str = setting(
-        "", "Distillation: source of the labels and evaluation (default: --dataset's images)."
+        "",
+        "Distillation: source of the labeled examples and of evaluation, while every image of "
+        "dataset is distilled on (default: dataset).",
     )
     data_dir: str | None = setting(None, "Data directory (TFDS data_dir, IDX folder, ...).")
     train_split: str = setting("train", "Training split (e.g. train, train[:10%]).")

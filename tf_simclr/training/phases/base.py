@@ -210,8 +210,8 @@ class Phase:
 
     def _open_eval_split(self) -> None:
         """Open the evaluation split (and the kNN monitor's bank) now if the run will read it.
-        Missing, it is an error for the evaluation modes; for ``--mode=train`` the kNN monitor
-        is turned off with a warning."""
+        Missing, it is an error for the evaluation modes and in an ``eval_dataset``; otherwise
+        (``--mode=train``) the kNN monitor is turned off with a warning."""
         config = self.config
         evaluates = config.train.mode != "train"
         if not (evaluates or self.monitor_reads_eval_split()):
@@ -222,6 +222,10 @@ class Phase:
                 self.knn_bank()
         except FileNotFoundError as error:
             split = config.data.eval_split
+            if config.data.eval_dataset:
+                raise ValueError(
+                    f"--eval_dataset={config.data.eval_dataset} cannot be read: {error}"
+                ) from error
             if evaluates:
                 raise ValueError(
                     f"--mode={config.train.mode} evaluates on --eval_split={split}, which cannot "
