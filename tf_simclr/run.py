@@ -118,7 +118,9 @@ def configs_from_flags(values: dict) -> RunConfig:
 
     if not values.get("model_dir"):
         raise ValueError("--model_dir is required: where checkpoints and logs go.")
-    validate_dataset_name(values["dataset"])
+    for name in ("dataset", "eval_dataset", "label_dataset"):
+        if name == "dataset" or values[name]:
+            validate_dataset_name(values[name], name)
     config = RunConfig(
         model=FLAG_SCHEMA.build(ModelConfig, values),
         train=FLAG_SCHEMA.build(TrainConfig, values),

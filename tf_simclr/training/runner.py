@@ -147,7 +147,7 @@ class PhaseRunner:
                 train.model_dir,
                 self.total_steps,
                 train.keep_hub_module_max,
-                class_names=self.train_info.class_names,
+                class_names=self.phase.label_info.class_names,
             )
 
     def evaluate(
@@ -212,8 +212,8 @@ class PhaseRunner:
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
             write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
-            if self.train_info.class_names:
-                write_class_names(train.model_dir, self.train_info.class_names)
+            if self.phase.label_info.class_names:
+                write_class_names(train.model_dir, self.phase.label_info.class_names)
         recorded = _read_result(train.model_dir)
         result: dict = {"train_mode": train.train_mode}
         if train.mode in ("train", "train_then_eval"):
