@@ -8,7 +8,10 @@ PYTEST_ARGS ?=
 BAZEL_TEST_ARGS ?= --test_tag_filters=-slow
 
 # `make test-fast`: the quick subset (no @pytest.mark.slow end-to-end runs).
-.PHONY: demo test test-fast lint format fashion-mnist bazel-test clean
+.PHONY: install demo test test-fast lint format fashion-mnist bazel-test clean
+
+# `make install`: the virtualenv with tf-simclr and its pinned dependencies (both commands run it).
+install: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -336,21 +336,18 @@ def probe(encoder: str, settings: StudySettings) -> dict:
 
     values = flags.FlagValues()
     binary.define_flags(values)
-    cwd = os.getcwd()
-    os.chdir(REPO_ROOT)  # recipes include flags/fashion_mnist/common.flags by relative path
-    try:
-        values(
-            [
-                "study",
-                "--flagfile=flags/fashion_mnist/pretrain.flags",
-                "--model_dir=unused",
-                "--precision=float32",
-                *settings.extra_flags,
-            ]
-        )
-        config = binary.configs_from_flags(values.flag_values_dict())
-    finally:
-        os.chdir(cwd)
+    recipe = os.path.join(REPO_ROOT, "flags", "fashion_mnist", "pretrain.flags")
+    binary.parse_flags(
+        values,
+        [
+            "study",
+            f"--flagfile={recipe}",
+            "--model_dir=unused",
+            "--precision=float32",
+            *settings.extra_flags,
+        ],
+    )
+    config = binary.configs_from_flags(values.flag_values_dict())
     data, train = config.data, config.train
 
     def split(name: str, limit: int | None = None):

@@ -92,13 +92,19 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(command: list[str], log_path: Path, env: dict[str, str] | None = None):
-    """Start ``command`` in the repository root with stdout and stderr in ``log_path``."""
+def start(
+    command: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+):
+    """Start ``command`` in ``cwd`` (the repository root) with stdout and stderr in
+    ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by finish()
     process = subprocess.Popen(
         command,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=env or subprocess_env(),
         stdout=handle,
         stderr=subprocess.STDOUT,

@@ -145,7 +145,12 @@ def refusals(tmp_path_factory):
             f"--dataset=folder:{no_test}",
             "--mode=train_then_eval",
         ),
-        "no_test_eval": (*FOLDER_FLAGS, f"--dataset=folder:{no_test}", "--mode=eval"),
+        "no_test_eval": (  # waiting for checkpoints: otherwise nothing to evaluate is refused
+            *FOLDER_FLAGS,
+            f"--dataset=folder:{no_test}",
+            "--mode=eval",
+            "--eval_timeout_seconds=1",
+        ),
     }
     jobs = {
         name: (binary_command(f"--model_dir={root / name}", *flags), root / f"{name}.log")

@@ -11,6 +11,7 @@ from absl import flags
 from binary_runs import REPO_ROOT
 
 from tf_simclr import run
+from tf_simclr.flagfiles import expand_flagfiles
 
 FLAGFILES = sorted(path.relative_to(REPO_ROOT) for path in REPO_ROOT.glob("flags/**/*.flags"))
 
@@ -22,13 +23,15 @@ def parse_flagfile(flagfile, tmp_path):
         tf.train.Checkpoint(step=tf.Variable(1)).save(str(source / "ckpt" / "ckpt"))
     values = flags.FlagValues()
     run.define_flags(values)
-    argv = ["tf-simclr", f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'run'}"]
+    argv = ["tf-simclr", f"--flagfile={REPO_ROOT / flagfile}", f"--model_dir={tmp_path / 'run'}"]
     text = (REPO_ROOT / flagfile).read_text(encoding="utf-8")
+    if "Pass --dataset=folder:PATH" in text:
+        argv.append(f"--dataset=folder:{tmp_path / 'images'}")
     if "Pass --checkpoint" in text:
         argv.append(f"--checkpoint={source}")
     if "Pass --teacher" in text:
         argv.append(f"--teacher={source}")
-    values(argv)
+    run.parse_flags(values, argv)
     return run.configs_from_flags(values.flag_values_dict()), text
 
 
@@ -40,7 +43,7 @@ def test_there_are_recipes_for_every_dataset():
 
 @pytest.mark.parametrize("flagfile", FLAGFILES, ids=str)
 def test_flagfile_parses_into_a_valid_config(flagfile, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)  # recipes include flags/<dataset>/common.flags by relative path
+    monkeypatch.chdir(tmp_path)  # recipes work from any directory: includes resolve beside them
     config, text = parse_flagfile(flagfile, tmp_path)
     name = flagfile.stem
     expected_mode = (
@@ -65,6 +68,9 @@ def test_flagfile_parses_into_a_valid_config(flagfile, tmp_path, monkeypatch):
         # Sized for the 2-core demo: ResNet-18 at width 0.25 on 28x28 images.
         assert config.model.resnet_depth == 18 and config.augment.image_size == 28
         assert config.data.dataset == "fashion_mnist"
+    if flagfile.parent.name == "folder":
+        assert config.data.dataset == f"folder:{tmp_path / 'images'}"
+        assert config.augment.image_size == 64
     if "Needs imagenet2012" in text:
         assert config.data.dataset == "tfds:imagenet2012"
         if expected_mode == "pretrain":  # SimCLRv2 section 2: MoCo's memory, 64K, 0.999
@@ -76,14 +82,15 @@ def test_later_flags_override_the_flagfile(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     values = flags.FlagValues()
     run.define_flags(values)
-    values(
+    run.parse_flags(
+        values,
         [
             "tf-simclr",
             "--flagfile=flags/fashion_mnist/pretrain.flags",
             f"--model_dir={tmp_path}",
             "--train_steps=7",
             "--precision=float32",
-        ]
+        ],
     )
     config = run.configs_from_flags(values.flag_values_dict())
     assert config.train.train_steps == 7
@@ -101,3 +108,58 @@ def test_define_flags_leaves_the_global_flags_alone():
     second(["tf-simclr"])
     assert first.train_mode == "distill" and second.train_mode == "pretrain"
     assert set(flags.FLAGS) == globally_defined
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_flagfile_includes_resolve_beside_the_including_file(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    _write(recipes / "base.flags", "# shared\n--train_steps=3\n  --seed=5  \n")
+    _write(recipes / "sub" / "leaf.flags", "// leaf\n\n--temperature=0.3\n")
+    top = _write(
+        recipes / "top.flags",
+        "--flagfile=base.flags\n--flagfile=sub/leaf.flags\n--train_steps=4\n",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["tf-simclr", f"--flagfile={top}", "--seed=6"]
+    assert expand_flagfiles(argv) == [
+        "tf-simclr",
+        "--train_steps=3",
+        "--seed=5",
+        "--temperature=0.3",
+        "--train_steps=4",
+        "--seed=6",
+    ]
+    # The same values as absl's own flagfile reading, run where absl finds the includes.
+    ours, absl_own = flags.FlagValues(), flags.FlagValues()
+    run.define_flags(ours)
+    run.define_flags(absl_own)
+    run.parse_flags(ours, argv)
+    monkeypatch.chdir(recipes)
+    _write(recipes / "absl_top.flags", "--flagfile=base.flags\n--flagfile=sub/leaf.flags\n")
+    absl_own(["tf-simclr", "--flagfile=absl_top.flags", "--train_steps=4", "--seed=6"])
+    for name in ("train_steps", "seed", "temperature"):
+        assert ours[name].value == absl_own[name].value, name
+    # An include that is not beside its file is looked up from the working directory, as absl does.
+    _write(recipes / "legacy.flags", "--flagfile=sub/leaf.flags\n")
+    _write(tmp_path / "old.flags", "--flagfile=recipes/legacy.flags\n")
+    monkeypatch.chdir(tmp_path)
+    assert expand_flagfiles(["x", "--flagfile=old.flags"]) == ["x", "--temperature=0.3"]
+
+
+def test_missing_or_circular_flagfiles_are_named(tmp_path):
+    outer = _write(tmp_path / "outer.flags", "--flagfile=missing.flags\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.flags \(included by .*outer.flags\)"):
+        expand_flagfiles(["x", f"--flagfile={outer}"])
+    _write(tmp_path / "a.flags", "--flagfile=b.flags\n")
+    _write(tmp_path / "b.flags", "--flagfile=a.flags\n")
+    with pytest.raises(
+        ValueError, match=r"include each other: .*a\.flags -> .*b\.flags -> .*a\.flags"
+    ):
+        expand_flagfiles(["x", f"--flagfile={tmp_path / 'a.flags'}"])

@@ -32,12 +32,14 @@ from tf_simclr.hub import (
     read_module_info,
     save_hub_module,
 )
+from tf_simclr.model_dir import write_class_names
 from tf_simclr.objectives import weight_decay_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 OTHER_SIZE = 24
 NUM_CLASSES = 4
+CLASS_NAMES = ("red", "green", "blue", "yellow")  # the colours of COLOURS, in order
 WEIGHT_DECAY = 1e-3
 TRAIN_STEPS = 3
 CONFIG = ModelConfig(
@@ -153,10 +155,15 @@ def trained(tmp_path_factory, two_replica_strategy) -> TrainedRun:
     prefix = manager.save(checkpoint_number=int(step.numpy()))
     with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as handle:
         json.dump({"model": dataclasses.asdict(CONFIG)}, handle)
+    write_class_names(model_dir, CLASS_NAMES)
 
     with strategy.scope():
         full_module = save_hub_module(
-            model, str(root / "full"), weight_decay=WEIGHT_DECAY, step=int(step.numpy())
+            model,
+            str(root / "full"),
+            weight_decay=WEIGHT_DECAY,
+            step=int(step.numpy()),
+            class_names=CLASS_NAMES,
         )
     rng = np.random.default_rng(2)
     inputs = {
@@ -259,7 +266,24 @@ def test_module_metadata_and_config(trained):
     assert list(info.signatures) == FULL_SIGNATURES
     assert info.weight_decay == WEIGHT_DECAY
     assert info.step == TRAIN_STEPS
+    assert info.class_names == CLASS_NAMES
     assert load_config_from_hub(trained.full_module) == dataclasses.replace(CONFIG, global_bn=False)
+
+
+def test_class_names_travel_only_with_the_supervised_head(trained, encoder_module, tmp_path):
+    # A consumer without tf_simclr reads them from the loaded module's asset, line i for logit i.
+    asset = hub.load(trained.full_module).class_names.asset_path.numpy().decode()
+    with open(asset, encoding="utf-8") as handle:
+        assert tuple(handle.read().splitlines()) == CLASS_NAMES
+    assert read_module_info(encoder_module).class_names == ()
+    assert not os.path.exists(os.path.join(encoder_module, "assets", "classes.txt"))
+    with pytest.raises(ValueError, match="2 class names for a supervised head of"):
+        save_hub_module(trained.model, str(tmp_path / "bad"), class_names=CLASS_NAMES[:2])
+    # Exporting a run's checkpoint takes them from its classes.txt.
+    exported = export_hub.export_checkpoint(
+        trained.model_dir, export_dir=str(tmp_path / "from_run")
+    )
+    assert read_module_info(exported).class_names == CLASS_NAMES
 
 
 def test_keras_layer_serves_every_signature_as_dict(trained):

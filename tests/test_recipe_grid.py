@@ -51,7 +51,10 @@ def test_every_setting_starts_from_the_fixed_cifar_style_recipe(tmp_path, monkey
     for name, extra in grid.GRID.items():
         values = flags.FlagValues()
         run.define_flags(values)
-        values(["tf-simclr", "--flagfile=bench/recipe_grid_base.flags", *extra, "--model_dir=x"])
+        run.parse_flags(
+            values,
+            ["tf-simclr", "--flagfile=bench/recipe_grid_base.flags", *extra, "--model_dir=x"],
+        )
         config = run.configs_from_flags(values.flag_values_dict())
         if not extra:
             assert name == "base"

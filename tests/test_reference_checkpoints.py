@@ -323,3 +323,55 @@ def test_what_is_not_a_reference_checkpoint_is_named(tmp_path):
         with pytest.raises(ValueError, match="not a checkpoint of the reference") as error:
             reference.read_reference_checkpoint(path)
         assert text in str(error.value), (path, str(error.value))
+
+
+@pytest.mark.slow
+def test_the_binary_evaluates_a_reference_checkpoint_as_it_is(tmp_path):
+    """``tf-simclr --mode=eval --checkpoint=<fine-tuned reference checkpoint>`` on a new model_dir
+    reports the top-1 of the checkpoint's own supervised head, architecture read from its weights:
+    the same as the hand-built forward pass on the same eval images."""
+    from binary_runs import SMALL_DATA, assert_succeeded, read_json, run_binary
+
+    from tf_simclr.config import AugmentConfig
+    from tf_simclr.data import build_dataset, load_source
+
+    architecture = writer.Architecture(
+        18, 1 / 16, cifar_stem=True, num_classes=4, ft_proj_selector=1
+    )
+    path, network = write(tmp_path, architecture, reference.TF2_CHECKPOINT, "finetuned_10pct")
+    model_dir = tmp_path / "evaluation"
+    run = run_binary(
+        model_dir,
+        "--train_mode=finetune",
+        "--mode=eval",
+        f"--checkpoint={path}",  # its folder, finetuned_10pct, says the head reads proj_head_1
+        f"--dataset={SMALL_DATA}",
+        "--image_size=16",
+        "--eval_batch_size=32",
+    )
+    assert_succeeded(run)
+    evaluation = read_json(model_dir / "result.json")["eval"]
+    assert evaluation["checkpoint"] == path and evaluation["global_step"] == 0
+
+    source, info = load_source(SMALL_DATA, split="test")
+    batches = build_dataset(
+        source,
+        info.num_examples,
+        phase="eval",
+        global_batch_size=32,
+        augment=AugmentConfig(image_size=16),
+        training=False,
+    )
+    logits, labels = [], []
+    for batch in batches:
+        logits.append(writer.endpoints(network, batch["image"].numpy())["logits_sup"])
+        labels.append(batch["label"].numpy())
+    logits, labels = np.concatenate(logits).astype(np.float64), np.concatenate(labels)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    cross_entropy = -np.mean(log_softmax[np.arange(len(labels)), labels])
+    assert evaluation["num_examples"] == len(labels) == info.num_examples
+    # Random weights: the comparison is on the loss, which every logit moves (1e-4 relative).
+    assert evaluation["supervised_loss"] == pytest.approx(cross_entropy, rel=1e-4)
+    top_1 = np.mean(np.argmax(logits, -1) == labels)
+    assert evaluation["label_top_1_accuracy"] == pytest.approx(top_1, abs=1.5 / len(labels))

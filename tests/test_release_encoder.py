@@ -44,7 +44,9 @@ def test_release_folder_reproduces_the_run(tmp_path, monkeypatch):
     values = flags.FlagValues()
     run.define_flags(values)
     monkeypatch.chdir(tmp_path)
-    values(["tf-simclr", f"--flagfile={out / 'pretrain.flags'}", "--model_dir=again"])
+    run.parse_flags(
+        values, ["tf-simclr", f"--flagfile={out / 'pretrain.flags'}", "--model_dir=again"]
+    )
     reproduced = run.configs_from_flags(values.flag_values_dict()).to_json()
     original = json.loads((model_dir / "config.json").read_text())
     for section in ("optim", "loss", "augment", "data"):

@@ -71,20 +71,22 @@ def parse(tmp_path, *argv: str):
 # released flagfiles and the reference implementation's commands use these names.
 TODAYS_FLAGS = {
     "augment_jit_compile", "batch_norm_decay", "cache_dataset", "checkpoint", "checkpoint_epochs",
-    "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength", "crop_area_min",
-    "data_dir", "dataset", "deterministic", "distill_alpha", "distill_temperature", "eeta",
-    "eval_batch_size", "eval_split", "eval_steps", "eval_timeout_seconds", "export_memory_network",
-    "fine_tune_after_block", "ft_proj_selector", "global_bn", "hidden_norm", "hinton_tau_squared",
-    "image_size", "jit_compile", "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size",
-    "knn_k", "knn_monitor", "knn_temperature", "label_fraction", "label_smoothing",
-    "labels_per_class", "labels_subset_file", "learning_rate", "learning_rate_scaling",
+    "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength",
+    "crop_area_min", "data_dir", "dataset", "deterministic", "distill_alpha",
+    "distill_temperature", "eeta", "eval_batch_size", "eval_dataset", "eval_split", "eval_steps",
+    "eval_timeout_seconds", "export_memory_network", "fine_tune_after_block", "ft_proj_selector",
+    "global_bn", "hidden_norm", "hinton_tau_squared", "image_size", "jit_compile",
+    "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size", "knn_k", "knn_monitor",
+    "knn_temperature", "label_dataset", "label_fraction", "label_smoothing", "labels_per_class",
+    "labels_subset_file", "learning_rate", "learning_rate_scaling",
     "lineareval_while_pretraining", "log_every_steps", "logical_cpu_devices", "loss_scale",
     "memory_momentum", "memory_size", "memory_warmup_steps", "mode", "model_dir", "momentum",
-    "nesterov", "num_proj_layers", "optimizer", "precision", "proj_head_mode", "proj_out_dim",
-    "resnet_depth", "se_ratio", "seed", "shuffle_buffer", "sk_ratio", "steps_per_loop", "strategy",
-    "teacher", "temperature", "tpu", "train_batch_size", "train_epochs", "train_mode",
-    "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay", "width_multiplier",
-    "zero_init_logits_layer",
+    "nesterov",
+    "num_proj_layers", "optimizer", "precision", "proj_head_mode", "proj_out_dim",
+    "resnet_depth", "se_ratio", "seed", "shuffle_buffer", "sk_ratio", "steps_per_loop",
+    "strategy", "teacher", "temperature", "tpu", "train_batch_size", "train_epochs",
+    "train_mode", "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay",
+    "width_multiplier", "zero_init_logits_layer",
 }  # fmt: skip
 NOT_CONFIG_FLAGS = {"strategy", "tpu", "logical_cpu_devices"}
 
@@ -210,6 +212,7 @@ BAD_FLAGS = [
     ("memory outside pretraining", ["--train_mode=finetune", "--memory_size=512"], "pretraining"),
     ("memory momentum of 1", ["--memory_size=512", "--memory_momentum=1"], "memory_momentum"),
     ("memory export without memory", ["--export_memory_network"], "memory_size"),
+    ("eval with nothing to evaluate", ["--mode=eval"], "has no checkpoint to evaluate"),
 ]
 
 

@@ -5,7 +5,8 @@ that contradicts it with status 2 naming both values, never rewrites ``config.js
 training run takes the saved architecture too. Starting from anything without retyping it:
 ``--checkpoint`` takes the encoder and projection head from a hub module or a run, refusing an
 explicit shape flag that contradicts it before writing anything. Class names travel with the
-run: logged at start with the images per split, and written to ``classes.txt``.
+run: logged at start with the images per split, written to ``classes.txt`` and into the
+exported module.
 
 Every run evaluates or resumes a copy of the shared tiny pretraining of ``binary_runs``
 (ResNet-18 at width 1/8 with the CIFAR stem on 16x16 synthetic images).
@@ -30,6 +31,7 @@ from binary_runs import (
 )
 
 from tf_simclr.data import load_source
+from tf_simclr.hub import read_module_info
 
 # An evaluation as a user would type it after training: no architecture flag at all.
 EVAL_FLAGS = (
@@ -155,7 +157,7 @@ def started_from_sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("from_sources")
     module = source / "hub" / "2"
     cases = {
-        "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}"),
+        "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--keep_hub_module_max=1"),
         "from_run": (*FINETUNE_FLAGS, f"--checkpoint={source}"),
         "hub_conflict": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--resnet_depth=50"),
         "teacher_classes": (
@@ -213,6 +215,10 @@ def test_class_names_are_logged_and_written_to_classes_txt(started_from_sources)
     assert len(names) == 4 and len(set(names)) == 4, names
     lines = (root / "from_hub" / "classes.txt").read_text(encoding="utf-8").splitlines()
     assert lines == list(names)
+    # The fine-tuned module carries them, in its config JSON and as an asset.
+    module = root / "from_hub" / "hub" / "2"
+    assert read_module_info(str(module)).class_names == names
+    assert (module / "assets" / "classes.txt").read_text(encoding="utf-8").splitlines() == lines
     # A training run without evaluation reads only the training split.
     names_listed = ", ".join(names)
     data_line = f"data {SMALL_DATA}: train: 256 images; 4 classes ({names_listed})"

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_simclr import hub, reference
-from tf_simclr.config import ModelConfig
+from tf_simclr.config import ModelConfig, TrainConfig
 from tf_simclr.models import SimCLRModel
 
 logger = logging.getLogger("tf_simclr")
@@ -121,6 +121,14 @@ def load_model_config(source: str) -> ModelConfig:
         return hub.load_config_from_hub(source)
     _, model_dir = find_checkpoint(source)
     return read_model_config(os.path.join(model_dir, CONFIG_FILENAME))
+
+
+def evaluates_source(train: TrainConfig) -> bool:
+    """Whether ``--mode=eval`` evaluates ``--checkpoint`` as it is: the model_dir has no
+    checkpoint of its own to evaluate."""
+    return bool(
+        train.mode == "eval" and train.init_checkpoint and not latest_checkpoint(train.model_dir)
+    )
 
 
 def architecture_mismatches(

@@ -512,7 +512,14 @@ class DataConfig:
     """Where the images come from and how they are streamed (batch sizes live in TrainConfig).
 
     ``dataset`` is a source string for :func:`tf_simclr.data.load_source` (``fashion_mnist``,
-    ``synthetic[:options]``, ``tfds:NAME``, ``folder:PATH``). At most one of ``label_fraction``
+    ``synthetic[:options]``, ``tfds:NAME``, ``folder:PATH``); it may be unlabeled (a folder of
+    images without class folders) for pretraining and distillation. ``label_dataset``, when set,
+    is where distillation's labels come from instead (SimCLRv2 distils on every ImageNet image
+    while its labels are a subset): its training split gives the labeled examples, mixed evenly
+    into ``dataset``'s images. ``eval_dataset``, when set, is the labeled source of evaluation
+    and of the kNN monitor (its ``train_split`` is the monitor's bank, its ``eval_split`` the
+    queries); by default they read ``label_dataset``, else ``dataset``. At most one of
+    ``label_fraction``
     (e.g. 0.01 or 0.1, class-stratified), ``labels_per_class`` or ``labels_subset_file`` selects
     the labeled examples of fine-tuning and distillation (SimCLRv2 section 4); subsets drawn with
     the same ``seed`` are nested. ``shuffle_buffer=0`` picks a size from the batch (as the
@@ -522,6 +529,14 @@ class DataConfig:
 
     dataset: str = setting(
         "fashion_mnist", "fashion_mnist, synthetic[:opts], folder:PATH or tfds:NAME."
+    )
+    eval_dataset: str = setting(
+        "", "Labeled source of evaluation and the kNN monitor (default: label_dataset or dataset)."
+    )
+    label_dataset: str = setting(
+        "",
+        "Distillation: source of the labeled examples and of evaluation, while every image of "
+        "dataset is distilled on (default: dataset).",
     )
     data_dir: str | None = setting(None, "Data directory (TFDS data_dir, IDX folder, ...).")
     train_split: str = setting("train", "Training split (e.g. train, train[:10%]).")
@@ -559,6 +574,16 @@ class DataConfig:
     def uses_label_subset(self) -> bool:
         return bool(self.label_fraction or self.labels_per_class or self.labels_subset_file)
 
+    @property
+    def labels_source(self) -> str:
+        """The source the labels come from: ``label_dataset``, else ``dataset``."""
+        return self.label_dataset or self.dataset
+
+    @property
+    def evaluation_source(self) -> str:
+        """The source evaluation and the kNN monitor read: ``eval_dataset``, else the labels'."""
+        return self.eval_dataset or self.labels_source
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -571,6 +596,13 @@ class RunConfig:
     augment: AugmentConfig
     data: DataConfig
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.data.label_dataset or self.train.train_mode == "distill",
+            f"label_dataset is distillation's source of labels (got train_mode="
+            f"{self.train.train_mode!r}); drop it, or pass the labeled source as dataset.",
+        )
 
     def to_json(self) -> dict:
         return {

@@ -38,7 +38,7 @@ from absl import app, flags, logging
 
 from tf_simclr.config import OptimConfig
 from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
-from tf_simclr.model_dir import first_line, is_disk_full
+from tf_simclr.model_dir import first_line, is_disk_full, read_class_names
 
 # TensorFlow and what needs it are imported inside the functions: the binary imports them only
 # after :func:`start_tensorflow`, which hides TensorFlow's start-up logging.
@@ -157,6 +157,7 @@ def export_checkpoint(
     except ValueError as error:
         raise ValueError(f"{error} (architecture read from {config_path})") from error
     logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
+    class_names = read_class_names(model_dir)
     if export_dir:
         return save_hub_module(
             model,
@@ -166,6 +167,7 @@ def export_checkpoint(
             weight_decay=weight_decay,
             step=step,
             overwrite=overwrite,
+            class_names=class_names,
         )
     return export_to_model_dir(
         model,
@@ -175,6 +177,7 @@ def export_checkpoint(
         include_projection_head,
         include_supervised_head,
         weight_decay=weight_decay,
+        class_names=class_names,
     )
 
 

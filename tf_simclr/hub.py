@@ -16,7 +16,9 @@ The module implements TF-Hub's *reusable SavedModel* interface, so every consump
   in [0, 1]");
 * ``model_variables``: the same variables keyed by their object path in the model
   (``encoder.stem.convs.0.conv.kernel``), read back by :func:`load_module_weights`;
-* the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints.
+* the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints,
+  and, in a module with a supervised head, ``class_names`` (entry i names logit i; empty when the
+  training data had no names), also written one per line to the asset ``classes.txt``.
 
 The module is exported with plain batch norm: a copy of the model with ``global_bn=False`` (and
 float32, nothing frozen) receives the weights, so no cross-replica op or custom gradient of
@@ -38,6 +40,7 @@ from absl import logging
 
 from tf_simclr.config import ModelConfig, OptimConfig
 from tf_simclr.logs import SAVE_NOISE, dropped
+from tf_simclr.model_dir import CLASSES_FILENAME, write_class_names
 from tf_simclr.models.simclr import SimCLRModel
 from tf_simclr.objectives.weight_decay import weight_decay_loss
 
@@ -78,6 +81,7 @@ class HubModuleInfo:
     signatures: tuple[str, ...]
     weight_decay: float
     step: int | None
+    class_names: tuple[str, ...] = ()
 
 
 def export_config(config: ModelConfig) -> ModelConfig:
@@ -177,10 +181,12 @@ def save_hub_module(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     step: int | None = None,
     overwrite: bool = False,
+    class_names: Iterable[str] = (),
 ) -> str:
     """Write ``model`` (built, under any strategy) as a TF-Hub module to ``export_dir``.
 
-    ``weight_decay`` is the coefficient of the module's regularization loss. Refuses to write
+    ``weight_decay`` is the coefficient of the module's regularization loss. ``class_names``
+    (one per logit, or none) travel with a module that has the supervised head. Refuses to write
     into an existing non-empty directory unless it holds a previous module and ``overwrite`` is
     set, which replaces it (see :func:`check_export_dir`). Returns ``export_dir``.
     """
@@ -194,6 +200,12 @@ def save_hub_module(
     if check_export_dir(export_dir, overwrite):
         tf.io.gfile.rmtree(export_dir)
     parts = module_parts(model.config, include_projection_head, include_supervised_head)
+    names = list(class_names) if "supervised_head" in parts else []
+    if names and len(names) != model.config.num_classes:
+        raise ValueError(
+            f"{len(names)} class names for a supervised head of {model.config.num_classes} "
+            "classes; pass one name per class."
+        )
     plain = _plain_copy(model, parts)
     root = _build_module(plain, parts, weight_decay)
     signatures = {
@@ -208,12 +220,16 @@ def save_hub_module(
         "signatures": list(signatures),
         "weight_decay": weight_decay,
         "step": step,
+        "class_names": names,
     }
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = os.path.join(scratch, METADATA_FILENAME)
         with open(metadata_path, "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2, sort_keys=True)
         root.metadata = tf.saved_model.Asset(metadata_path)
+        if names:
+            write_class_names(scratch, names)
+            root.class_names = tf.saved_model.Asset(os.path.join(scratch, CLASSES_FILENAME))
         with dropped(SAVE_NOISE):
             tf.saved_model.save(root, export_dir, signatures=signatures)
     logging.info(
@@ -277,6 +293,7 @@ def export_to_model_dir(
     include_supervised_head: bool = True,
     *,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    class_names: Iterable[str] = (),
 ) -> str:
     """Export ``model`` to ``model_dir/hub/<step>/`` and keep the ``keep_hub_module_max`` newest.
 
@@ -295,6 +312,7 @@ def export_to_model_dir(
         weight_decay=weight_decay,
         step=int(step),
         overwrite=True,
+        class_names=class_names,
     )
     _prune_old_modules(hub_dir, keep_hub_module_max)
     return export_dir
@@ -327,6 +345,7 @@ def read_module_info(path: str) -> HubModuleInfo:
         signatures=tuple(metadata["signatures"]),
         weight_decay=float(metadata["weight_decay"]),
         step=metadata["step"],
+        class_names=tuple(metadata.get("class_names", ())),
     )
 
 

@@ -20,8 +20,10 @@ import fcntl
 import json
 import os
 import re
+from collections.abc import Sequence
 
 LOCK_FILENAME = ".lock"
+CLASSES_FILENAME = "classes.txt"  # line i names class i, in a model_dir and in a hub module
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
 _FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
@@ -115,6 +117,22 @@ def write_text_atomically(path: str, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_class_names(directory: str, names: Sequence[str]) -> None:
+    """Write ``directory/classes.txt``, line i naming class i."""
+    write_text_atomically(
+        os.path.join(directory, CLASSES_FILENAME), "".join(f"{name}\n" for name in names)
+    )
+
+
+def read_class_names(directory: str) -> tuple[str, ...]:
+    """The names in ``directory/classes.txt``, or none when it has no such file."""
+    path = os.path.join(directory, CLASSES_FILENAME)
+    if not os.path.exists(path):
+        return ()
+    with open(path, encoding="utf-8") as handle:
+        return tuple(line.rstrip("\n") for line in handle)
 
 
 def write_json_atomically(path: str, payload: dict) -> None:

@@ -2,9 +2,10 @@
 
 Flags keep the names of google-research/simclr where the meaning is the same, so its recipes
 translate directly; recipes for this project live in ``flags/`` and are passed with
-``--flagfile``. Every flag is validated (by the configuration dataclasses and the checks below)
-before any data is read or any model is built; the data, the batch split over the replicas and
-the model_dir's lock are checked before any file is written.
+``--flagfile`` from any directory (an include inside a flagfile is found beside it). Every flag
+is validated (by the configuration dataclasses and the checks below) before any data is read or
+any model is built; the data, the batch split over the replicas and the model_dir's lock are
+checked before any file is written.
 
     tf-simclr --flagfile=flags/fashion_mnist/pretrain.flags --model_dir=/tmp/run/pretrain
 
@@ -36,6 +37,7 @@ from tf_simclr.config import (
     TrainConfig,
 )
 from tf_simclr.flag_schema import Alias, FlagSchema, install_grouped_help
+from tf_simclr.flagfiles import expand_flagfiles
 from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -113,7 +115,9 @@ def configs_from_flags(values: dict) -> RunConfig:
 
     if not values.get("model_dir"):
         raise ValueError("--model_dir is required: where checkpoints and logs go.")
-    validate_dataset_name(values["dataset"])
+    for name in ("dataset", "eval_dataset", "label_dataset"):
+        if name == "dataset" or values[name]:
+            validate_dataset_name(values[name], name)
     config = RunConfig(
         model=FLAG_SCHEMA.build(ModelConfig, values),
         train=FLAG_SCHEMA.build(TrainConfig, values),
@@ -158,10 +162,17 @@ def source_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
     """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
     or a reference checkpoint), checked before anything is written. ``explicit`` names the
     ModelConfig fields the user set: those that shape the encoder or projection head must agree
-    with the source (``ValueError`` naming both values otherwise); the others are free."""
+    with the source (``ValueError`` naming both values otherwise); the others are free. An
+    evaluation of the source as it is also takes the input of its supervised head, unless
+    ``--ft_proj_selector`` is given."""
     from tf_simclr import checkpoints
 
-    model = checkpoints.source_architecture(config.model, config.train.init_checkpoint, explicit)
+    source = config.train.init_checkpoint
+    model = checkpoints.source_architecture(config.model, source, explicit)
+    if checkpoints.evaluates_source(config.train) and "ft_proj_selector" not in explicit:
+        found = checkpoints.load_model_config(source)  # --mode=eval reads the source's head
+        if found.num_classes:
+            model = dataclasses.replace(model, ft_proj_selector=found.ft_proj_selector)
     return dataclasses.replace(config, model=model)
 
 
@@ -196,6 +207,17 @@ def _check_combinations(config: RunConfig, values: dict) -> None:
                 checkpoints.find_usable_checkpoint(path)
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
+    train = config.train
+    if (
+        train.mode == "eval"
+        and not (train.init_checkpoint or train.eval_timeout_seconds)
+        and not checkpoints.latest_checkpoint(train.model_dir)
+    ):
+        raise ValueError(
+            f"--mode=eval: {train.model_dir} has no checkpoint to evaluate; pass "
+            "--checkpoint=<model_dir, hub module or reference checkpoint> to evaluate that, or "
+            "--eval_timeout_seconds=N to wait for the checkpoints of a training run."
+        )
     devices = values["logical_cpu_devices"]
     if devices > 1 and values["strategy"] == "default":
         raise ValueError(
@@ -324,11 +346,18 @@ def _run(config: RunConfig, values: dict, strategy) -> int:
     return 0
 
 
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Parse ``argv`` into ``flag_values`` (defined by :func:`define_flags`), flagfiles
+    expanded so that their includes resolve beside them (:mod:`tf_simclr.flagfiles`)."""
+    return flag_values(expand_flagfiles(argv))
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but an unknown flag or a bad value exits with 2 like every invalid flag."""
+    """:func:`parse_flags` on the global flags; an unknown flag, a bad value or a missing
+    flagfile exits with 2 like every invalid flag."""
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
+        return parse_flags(flags.FLAGS, argv)
+    except (flags.Error, FileNotFoundError, ValueError) as error:
         print(f"tf-simclr: invalid flags: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -11,6 +11,8 @@ from tf_simclr.data.pipeline import (
     build_dataset,
     build_distributed_dataset,
     combine_streams,
+    mark_unlabeled,
+    mix_evenly,
 )
 from tf_simclr.data.source_types import Source, SourceInfo
 from tf_simclr.data.sources import (
@@ -40,6 +42,8 @@ __all__ = [
     "combine_streams",
     "label_subset",
     "load_source",
+    "mark_unlabeled",
+    "mix_evenly",
     "open_source",
     "read_subset_file",
     "select_subset",

@@ -1,8 +1,9 @@
 """Image folders: ``folder:PATH`` with one subfolder per class, or one flat unlabeled folder.
 
 Layouts: ``PATH/<split>/<class>/...`` (e.g. ``train/`` and ``test/``) or, without split
-folders, ``PATH/<class>/...`` as the ``train`` split. A folder holding images and no subfolders is
-unlabeled (label -1, for pretraining). JPEG, PNG, BMP and GIF files are read (first frame of a
+folders, ``PATH/<class>/...`` as the ``train`` split. A split folder holding images and no
+subfolders (``PATH`` itself, or ``PATH/train/``) is unlabeled (label -1, for pretraining and
+distillation). JPEG, PNG, BMP and GIF files are read (first frame of a
 GIF); grayscale, RGBA, palette and 16-bit images become 8-bit RGB.
 
 Every file is decoded once when the folder is indexed, in parallel with ``tf.io.decode_image``;

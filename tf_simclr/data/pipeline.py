@@ -7,8 +7,8 @@ Batches (images float32 NHWC in [0, 1], no mean/std normalisation; labels int32)
 * ``phase="finetune"``, training: ``{"image", "label"}`` -- crop + flip;
 * ``phase="distill"``, training: ``{"image", "label", "has_label": bool [b]}`` -- crop + flip;
   the input may be ``(image, label, has_label)`` triples (labeled and unlabeled examples in one
-  stream, see :func:`combine_streams` and ``subsets.LabelSubset.with_label_mask``) or pairs (all
-  labeled);
+  stream, see :func:`mix_evenly`, :func:`combine_streams` and
+  ``subsets.LabelSubset.with_label_mask``) or pairs (all labeled);
 * ``training=False`` (any phase, e.g. ``phase="eval"``): ``{"image", "label"}`` with the
   evaluation crop, one pass over the data, the last partial batch kept.
 
@@ -59,6 +59,39 @@ def combine_streams(
         weights=[labeled_weight, 1.0 - labeled_weight],
         seed=seed,
     )
+
+
+def mark_unlabeled(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``(image, label)`` pairs as ``(image, -1, False)`` triples: images without labels."""
+    return dataset.map(lambda image, label: (image, tf.constant(-1, tf.int32), False))
+
+
+def mix_evenly(
+    labeled: tf.data.Dataset,
+    num_labeled: int,
+    unlabeled: tf.data.Dataset,
+    num_unlabeled: int,
+) -> tf.data.Dataset:
+    """One pass over two finite ``(image, label)`` datasets of the given sizes as
+    ``(image, label, has_label)`` triples, the labeled examples spread evenly among the unlabeled
+    ones (whose labels become -1): element ``i`` of ``n`` is the next labeled one when
+    ``floor((i + 1) * num_labeled / n)`` steps up. Finite and deterministic, so it can be cached,
+    shuffled and replayed like one source; for distillation whose labels come from another
+    source than its images (SimCLRv2 section 2, eq. 4).
+    """
+    if num_labeled < 1 or num_unlabeled < 1:
+        raise ValueError(
+            f"mix_evenly needs examples of both kinds, got {num_labeled} labeled "
+            f"and {num_unlabeled} unlabeled."
+        )
+    total = num_labeled + num_unlabeled
+    marked = labeled.map(lambda image, label: (image, tf.cast(label, tf.int32), True))
+
+    def choice(position: tf.Tensor) -> tf.Tensor:
+        return (position + 1) * num_labeled // total - position * num_labeled // total
+
+    choices = tf.data.Dataset.range(total).map(choice)
+    return tf.data.Dataset.choose_from_datasets([mark_unlabeled(unlabeled), marked], choices)
 
 
 def _check_arguments(

@@ -38,8 +38,9 @@ def _split_name(name: str) -> tuple[str, str]:
     return kind.strip().lower(), argument.strip()
 
 
-def validate_dataset_name(name: str) -> None:
-    """Raises ValueError unless ``name`` has one of the forms in :data:`SOURCE_FORMS`."""
+def validate_dataset_name(name: str, setting: str = "dataset") -> None:
+    """Raises ValueError unless ``name`` has one of the forms in :data:`SOURCE_FORMS`; the
+    message calls it ``--<setting>``."""
     kind, argument = _split_name(name)
     if kind == "synthetic":
         parse_options(argument)
@@ -47,7 +48,7 @@ def validate_dataset_name(name: str) -> None:
     if (kind == "fashion_mnist" and not argument) or (kind in ("tfds", "folder") and argument):
         return
     raise ValueError(
-        f"--dataset={name!r} is not a known source; use one of: {', '.join(SOURCE_FORMS)}."
+        f"--{setting}={name!r} is not a known source; use one of: {', '.join(SOURCE_FORMS)}."
     )
 
 

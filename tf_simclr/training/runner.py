@@ -25,7 +25,7 @@ import tf_keras as keras
 from tf_simclr import checkpoints, hub, logs
 from tf_simclr.config import RunConfig
 from tf_simclr.data import build_distributed_dataset
-from tf_simclr.model_dir import write_json_atomically, write_text_atomically
+from tf_simclr.model_dir import write_class_names, write_json_atomically
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import build_learning_rate_schedule, build_optimizer, num_train_steps
 from tf_simclr.training import evaluate, loop, phases
@@ -35,7 +35,6 @@ logger = logging.getLogger("tf_simclr")
 
 
 RESULT_FILENAME = "result.json"
-CLASSES_FILENAME = "classes.txt"
 
 
 class PhaseRunner:
@@ -163,19 +162,20 @@ class PhaseRunner:
                 train.model_dir,
                 self.total_steps,
                 train.keep_hub_module_max,
+                class_names=self.phase.label_info.class_names,
             )
 
     def evaluate(
-        self, model: SimCLRModel | None = None, step: int | None = None
+        self, model: SimCLRModel | None = None, step: int | None = None, classifier: bool = True
     ) -> dict[str, float]:
-        """Top-1 / top-5 of the supervised head over the whole eval split and the phase's own
-        evaluations (kNN for pretraining), logged at ``step`` (default: the newest
-        checkpoint's)."""
+        """Top-1 / top-5 of the supervised head (unless ``classifier`` is False) over the whole
+        eval split and the phase's own evaluations (kNN for pretraining), logged at ``step``
+        (default: the newest checkpoint's)."""
         train = self.config.train
         if model is None:
             model = self._restore_for_eval()
         results: dict[str, float] = {}
-        if model.supervised_head is not None:
+        if classifier and model.supervised_head is not None:
             dataset = self.phase.eval_dataset(True)
             results.update(
                 evaluate.evaluate_classifier(self.strategy, model, dataset, train.eval_steps)
@@ -204,6 +204,19 @@ class PhaseRunner:
         checkpoints.restore_checkpoint(model, path)
         return model
 
+    def evaluate_source(self, source: str) -> dict:
+        """``mode=eval`` of a model_dir without checkpoints of its own: the weights of
+        ``--checkpoint`` (a run, a hub module or a reference checkpoint) as they are, at step 0.
+        Fine-tuning and distillation evaluate the source's supervised head (an error when it has
+        none); pretraining evaluates its encoder (kNN) only."""
+        model = phases.base.build_model(
+            self.model_config, self.strategy, self.config.augment.image_size
+        )
+        classifier = self.config.train.train_mode != "pretrain"
+        checkpoints.restore_weights(model, source, include_supervised_head=classifier)
+        logger.info("evaluating %s as it is (no checkpoint in the model_dir)", source)
+        return {**self.evaluate(model, step=0, classifier=classifier), "checkpoint": source}
+
     def run(self) -> dict:
         """Run ``mode`` (train, eval or train_then_eval); records the result in
         ``result.json`` (sections of earlier runs kept) and returns it."""
@@ -214,10 +227,8 @@ class PhaseRunner:
             payload["model"] = dataclasses.asdict(self.model_config)
             payload["num_train_examples"] = self.train_info.num_examples
             write_json_atomically(os.path.join(train.model_dir, "config.json"), payload)
-            names = self.train_info.class_names
-            if names:  # line i names class i
-                path = os.path.join(train.model_dir, CLASSES_FILENAME)
-                write_text_atomically(path, "".join(f"{name}\n" for name in names))
+            if self.phase.label_info.class_names:
+                write_class_names(train.model_dir, self.phase.label_info.class_names)
         recorded = _read_result(train.model_dir)
         result: dict = {"train_mode": train.train_mode}
         if train.mode in ("train", "train_then_eval"):
@@ -231,7 +242,10 @@ class PhaseRunner:
         if train.mode == "train_then_eval":
             result["eval"] = self.evaluate(self.model)
         if train.mode == "eval":
-            result["eval"] = follow_checkpoints(self)
+            if checkpoints.evaluates_source(train):
+                result["eval"] = self.evaluate_source(train.init_checkpoint)
+            else:
+                result["eval"] = follow_checkpoints(self)
         result = {**recorded, **result}  # e.g. mode=eval after training: keep the train section
         if self.chief:
             write_json_atomically(os.path.join(train.model_dir, RESULT_FILENAME), result)

@@ -9,6 +9,12 @@ Everything a phase reads is opened when it is constructed, before any file is wr
 training split, the labeled subset and, when the run evaluates, the evaluation split. When the
 evaluation split is missing (e.g. ``folder:PATH`` without ``test/``), ``--mode=eval`` and
 ``train_then_eval`` are refused, and ``--mode=train`` runs with the kNN monitor off and a warning.
+
+Labels may come from other sources than the training images: ``label_dataset`` (distillation's
+labeled examples) and ``eval_dataset`` (evaluation and the kNN monitor). Training images without
+labels (a folder without class folders) turn off, with one warning, what needs their labels: the
+on-line linear probe and, unless ``eval_dataset`` is labeled, the kNN monitor and the evaluation
+after training; a phase that cannot do without them (fine-tuning) is refused.
 """
 
 from __future__ import annotations
@@ -73,6 +79,42 @@ def build_model(
         return SimCLRModel(config).build_for_size(image_size)
 
 
+def _open_labeled(
+    name: str, split: str, data_dir: str | None, role: str
+) -> tuple[tf.data.Dataset, SourceInfo]:
+    """``load_source`` of a split that must be labeled (ValueError naming ``role`` if not)."""
+    dataset, info = load_source(name, split=split, data_dir=data_dir)
+    if not info.num_classes:
+        raise ValueError(
+            f"{role} needs labels, but {name} split {split!r} holds unlabeled images (a folder "
+            "without class subfolders); pass a source with one subfolder per class."
+        )
+    return dataset, info
+
+
+def _join(names: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
+def _classes(count: int, class_names: tuple[str, ...]) -> str:
+    """``"3 classes (a, b, c)"`` (the first names only), ``"3 classes"`` without names."""
+    if not class_names:
+        return f"{count} classes"
+    shown = ", ".join(class_names[:MAX_LOGGED_CLASS_NAMES])
+    if len(class_names) > MAX_LOGGED_CLASS_NAMES:
+        shown += f", ... ({len(class_names) - MAX_LOGGED_CLASS_NAMES} more)"
+    return f"{count} classes ({shown})"
+
+
+def _source_phrase(role: str, name: str, infos: list[SourceInfo]) -> str:
+    """``role``, the source ``name``, the images per split read and the classes."""
+    counts = ", ".join(f"{info.split}: {info.num_examples} images" for info in infos)
+    first = infos[0]
+    classes = _classes(first.num_classes, first.class_names) if first.num_classes else "unlabeled"
+    return f"{role} {name}: {counts}; {classes}"
+
+
 class Phase:
     """One phase of the pipeline under ``strategy``; subclasses set ``train_mode``."""
 
@@ -85,71 +127,168 @@ class Phase:
         self.train_source, self.train_info = load_source(
             data.dataset, split=data.train_split, data_dir=data.data_dir
         )
-        self.num_classes = self.train_info.num_classes
+        self.label_source, self.label_info = self.train_source, self.train_info
+        if data.labels_source != data.dataset:
+            self.label_source, self.label_info = _open_labeled(
+                data.labels_source, data.train_split, data.data_dir, "--label_dataset"
+            )
+        self.num_classes = self.model_classes()
         self._eval_examples: tuple[tf.data.Dataset, SourceInfo] | None = None
+        self._knn_bank: tuple[tf.data.Dataset, int] | None = None
         self._subset: LabelSubset | None = None
+        if not self.label_info.num_classes:
+            self._turn_off_what_needs_labels()
         self._open_eval_split()
 
     def describe_data(self) -> str:
-        """The data in a phrase (for the run's start line): images per split read, the classes
-        and their names."""
-        splits = [self.train_info]
+        """The data in a phrase per source read (for the run's start line): images per split,
+        the classes and their names."""
+        data = self.config.data
+        lines = {data.dataset: ("data", [self.train_info])}
+        if data.labels_source != data.dataset:
+            lines[data.labels_source] = ("labels", [self.label_info])
         if self._eval_examples is not None:
-            splits.append(self._eval_examples[1])
-        counts = ", ".join(f"{info.split}: {info.num_examples} images" for info in splits)
-        names = self.train_info.class_names
-        shown = ", ".join(names[:MAX_LOGGED_CLASS_NAMES])
-        if len(names) > MAX_LOGGED_CLASS_NAMES:
-            shown += f", ... ({len(names) - MAX_LOGGED_CLASS_NAMES} more in classes.txt)"
-        return f"data {self.config.data.dataset}: {counts}; {self.num_classes} classes" + (
-            f" ({shown})" if names else ""
+            _, infos = lines.setdefault(data.evaluation_source, ("evaluation", []))
+            infos.append(self._eval_examples[1])
+        return "; ".join(_source_phrase(role, name, infos) for name, (role, infos) in lines.items())
+
+    def _replace_train(self, **changes: object) -> None:
+        """Change the phase's TrainConfig (what its data cannot serve is turned off)."""
+        train = dataclasses.replace(self.config.train, **changes)
+        self.config = dataclasses.replace(self.config, train=train)
+
+    def _turn_off_what_needs_labels(self) -> None:
+        """The training data is unlabeled: the phase turns off what needs its labels (or refuses
+        to run without them), and without an ``eval_dataset`` the kNN monitor and the evaluation
+        after training are off too; one warning says what was turned off and why."""
+        data = self.config.data
+        dropped = self.without_labels()
+        evaluation = [] if data.eval_dataset else self._turn_off_evaluation()
+        dropped += evaluation
+        if not dropped:
+            return
+        hint = ""
+        if evaluation:
+            hint = "; --eval_dataset=A_LABELED_SOURCE monitors and evaluates with its labels"
+        logger.warning(
+            "--dataset=%s holds unlabeled images, so %s %s off%s.",
+            data.dataset,
+            _join(dropped),
+            "is" if len(dropped) == 1 else "are",
+            hint,
         )
 
+    def _turn_off_evaluation(self) -> list[str]:
+        """Without labels to evaluate with: the names of what is turned off (the kNN monitor,
+        the evaluation of ``train_then_eval``); ``--mode=eval`` is refused."""
+        train, data = self.config.train, self.config.data
+        if train.mode == "eval":
+            raise ValueError(
+                f"--mode=eval measures accuracy with labels, but --dataset={data.dataset} holds "
+                "unlabeled images (a folder without class subfolders); pass --eval_dataset with "
+                "a labeled source (e.g. folder:PATH with one subfolder per class)."
+            )
+        dropped = ["the kNN monitor"] if self.monitor_reads_eval_split() else []
+        if train.mode == "train_then_eval":
+            dropped.append("the evaluation after training")
+        self._replace_train(knn_monitor=False, mode="train")
+        return dropped
+
+    def without_labels(self) -> list[str]:
+        """Called when the training data is unlabeled: turn off what needs its labels and return
+        their names, or raise ValueError when the phase cannot run without them."""
+        return []
+
+    def model_classes(self) -> int:
+        """Classes the phase's model predicts: the labeled source's."""
+        return self.label_info.num_classes
+
+    def head_classes(self) -> int:
+        """Classes of the supervised head of the trained model (0: no head)."""
+        return self.num_classes
+
     def _open_eval_split(self) -> None:
-        """Open the evaluation split now if the run will read it. Missing, it is an error for the
-        evaluation modes; for ``--mode=train`` the kNN monitor is turned off with a warning."""
+        """Open the evaluation split (and the kNN monitor's bank) now if the run will read it.
+        Missing, it is an error for the evaluation modes and in an ``eval_dataset``; otherwise
+        (``--mode=train``) the kNN monitor is turned off with a warning."""
         config = self.config
         evaluates = config.train.mode != "train"
         if not (evaluates or self.monitor_reads_eval_split()):
             return
         try:
             self.eval_examples()
+            if self.monitor_reads_eval_split():
+                self.knn_bank()
         except FileNotFoundError as error:
             split = config.data.eval_split
+            if config.data.eval_dataset:
+                raise ValueError(
+                    f"--eval_dataset={config.data.eval_dataset} cannot be read: {error}"
+                ) from error
             if evaluates:
                 raise ValueError(
                     f"--mode={config.train.mode} evaluates on --eval_split={split}, which cannot "
                     f"be read: {error} {MISSING_EVAL_SPLIT_ADVICE}"
                 ) from error
             logger.warning(
-                "the kNN monitor is off: its queries come from --eval_split=%s, which cannot be "
-                "read: %s %s",
+                "the kNN monitor is off: it reads --train_split and --eval_split=%s of %s, which "
+                "cannot be read: %s %s",
                 split,
+                config.data.evaluation_source,
                 error,
                 MISSING_EVAL_SPLIT_ADVICE,
             )
-            train = dataclasses.replace(config.train, knn_monitor=False)
-            self.config = dataclasses.replace(config, train=train)
+            self._replace_train(knn_monitor=False)
 
     def monitor_reads_eval_split(self) -> bool:
         """Whether the monitor during training reads the evaluation split."""
         return False
 
     def eval_examples(self) -> tuple[tf.data.Dataset, SourceInfo]:
-        """``(dataset, info)`` of the evaluation split, opened once."""
+        """``(dataset, info)`` of the evaluation split, opened (and checked) once: it must be
+        labeled, with the classes of the model's supervised head if it has one."""
         if self._eval_examples is None:
             data = self.config.data
-            self._eval_examples = load_source(
-                data.dataset, split=data.eval_split, data_dir=data.data_dir
+            dataset, info = _open_labeled(
+                data.evaluation_source, data.eval_split, data.data_dir, "evaluation"
             )
+            self._check_eval_classes(info)
+            self._eval_examples = dataset, info
         return self._eval_examples
 
+    def _check_eval_classes(self, info: SourceInfo) -> None:
+        """Raises ValueError unless ``info``'s classes are those the supervised head predicts."""
+        head, labels = self.head_classes(), self.label_info
+        both_named = bool(info.class_names and labels.class_names)
+        same_names = not both_named or info.class_names == labels.class_names
+        if not head or (info.num_classes == head and same_names):
+            return
+        raise ValueError(
+            f"{info.name} split {info.split!r} has {_classes(info.num_classes, info.class_names)}"
+            f" but the model predicts {_classes(head, labels.class_names)}, those of "
+            f"{labels.name}; evaluate on the same classes (--eval_dataset)."
+        )
+
+    def knn_bank(self) -> tuple[tf.data.Dataset, int]:
+        """The kNN monitor's bank: the first ``knn_bank_size`` images of the evaluation source's
+        training split, with their labels, and their number; opened once."""
+        if self._knn_bank is None:
+            data, size = self.config.data, self.config.train.knn_bank_size
+            if data.evaluation_source == data.labels_source:
+                source, info = self.label_source, self.label_info
+            else:
+                source, info = _open_labeled(
+                    data.evaluation_source, data.train_split, data.data_dir, "the kNN monitor"
+                )
+            self._knn_bank = source.take(size), min(size, info.num_examples)
+        return self._knn_bank
+
     def labeled_subset(self) -> LabelSubset:
-        """The labeled subset of the training split, drawn once; :meth:`before_training`
-        writes a drawn one to ``model_dir/labels_subset.txt``."""
+        """The labeled subset of the labels' training split, drawn once;
+        :meth:`before_training` writes a drawn one to ``model_dir/labels_subset.txt``."""
         if self._subset is None:
             self._subset = label_subset(
-                self.train_source, self.train_info, self.config.data, model_dir=None
+                self.label_source, self.label_info, self.config.data, model_dir=None
             )
         return self._subset
 
@@ -161,7 +300,7 @@ class Phase:
         BN computes exactly plain BN, only slower (no fused kernel), so it is switched off."""
         return dataclasses.replace(
             checkpoints.source_architecture(self.config.model, self.config.train.init_checkpoint),
-            num_classes=self.num_classes,
+            num_classes=self.head_classes(),
             global_bn=self.config.model.global_bn and self.strategy.num_replicas_in_sync > 1,
         )
 
@@ -210,7 +349,7 @@ class Phase:
         ``model_dir/labels_subset.txt``."""
         data = self.config.data
         if self._subset is not None and data.uses_label_subset and not data.labels_subset_file:
-            write_label_subset(self._subset, self.train_info, data, self.config.train.model_dir)
+            write_label_subset(self._subset, self.label_info, data, self.config.train.model_dir)
 
     def exported_model(self, model: SimCLRModel) -> SimCLRModel:
         """The network the phase's hub module holds."""
@@ -236,12 +375,12 @@ class Phase:
         return build_dataset(source, info.num_examples, **kwargs)
 
     def knn_accuracy(self, features: Callable[[tf.Tensor], tf.Tensor]) -> float:
-        """Weighted kNN top-1 of ``final_avg_pool`` (bank: training images, queries: eval);
-        ``features`` is the model's :func:`~tf_simclr.training.evaluate.feature_function`."""
+        """Weighted kNN top-1 of ``final_avg_pool`` (bank: :meth:`knn_bank`, queries: the
+        evaluation split); ``features`` is the model's
+        :func:`~tf_simclr.training.evaluate.feature_function`."""
         train = self.config.train
         bank = build_dataset(
-            self.train_source.take(train.knn_bank_size),
-            min(train.knn_bank_size, self.train_info.num_examples),
+            *self.knn_bank(),
             phase="eval",
             global_batch_size=train.eval_batch_size,
             augment=self.config.augment,
@@ -254,7 +393,7 @@ class Phase:
             bank_labels,
             queries,
             query_labels,
-            self.num_classes,
+            self.eval_examples()[1].num_classes,
             k=train.knn_k,
             temperature=train.knn_temperature,
         )

@@ -11,7 +11,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints
-from tf_simclr.config import LossConfig, ModelConfig, OptimConfig, RunConfig
+from tf_simclr.config import LossConfig, OptimConfig, RunConfig
+from tf_simclr.data import mark_unlabeled, mix_evenly
 from tf_simclr.models import SimCLRModel
 from tf_simclr.objectives import distillation_loss
 from tf_simclr.training.phases.base import (
@@ -62,29 +63,54 @@ def distill_compute(
 
 
 class DistillPhase(Phase):
-    """The student learns from ``--teacher`` on all training images (labels where drawn)."""
+    """The student learns from ``--teacher`` on all training images (labels where drawn). The
+    labels come from ``--dataset`` or, with ``--label_dataset``, from that source's training
+    split, whose labeled examples are mixed evenly into ``--dataset``'s images."""
 
     train_mode = "distill"
 
     def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy) -> None:
+        # Read first, so that a wrong teacher stops the run before it writes.
+        self.teacher_config = dataclasses.replace(
+            checkpoints.load_model_config(config.train.teacher), global_bn=False
+        )
         super().__init__(config, strategy)
-        self.teacher_config = self._read_teacher_config()
 
-    def _read_teacher_config(self) -> ModelConfig:
-        """The architecture of ``--teacher``, read (and checked against the data's classes)
-        when the phase is constructed, so that a wrong teacher stops the run before it writes."""
-        source = self.config.train.teacher
-        teacher_config = checkpoints.load_model_config(source)
-        if teacher_config.num_classes != self.num_classes:
+    def model_classes(self) -> int:
+        """The teacher's classes, which must be the labels' if there are labels."""
+        labeled, predicted = self.label_info.num_classes, self.teacher_config.num_classes
+        if labeled and labeled != predicted:
             raise ValueError(
-                f"teacher {source!r} predicts {teacher_config.num_classes} classes but the "
-                f"dataset has {self.num_classes}; distill from a teacher fine-tuned on the "
-                "same labels."
+                f"teacher {self.config.train.teacher!r} predicts {predicted} classes but the "
+                f"dataset has {labeled} ({self.config.data.labels_source}); distill from a "
+                "teacher fine-tuned on the same labels."
             )
-        return dataclasses.replace(teacher_config, global_bn=False)
+        return predicted
+
+    def without_labels(self) -> list[str]:
+        """Unlabeled images are distilled on; labels in the loss need a labeled source."""
+        data, alpha = self.config.data, self.config.loss.distill_alpha
+        if alpha < 1.0:
+            wanted = f"--distill_alpha={alpha} weighs labels into the loss"
+        elif data.uses_label_subset:
+            wanted = "a labeled subset is drawn (--label_fraction, --labels_per_class, ...)"
+        else:
+            return []
+        raise ValueError(
+            f"{wanted}, but --dataset={data.dataset} holds unlabeled images; pass "
+            "--label_dataset with a labeled source (one subfolder per class) for the labels, or "
+            "distill from the teacher alone (--distill_alpha=1, no labeled subset)."
+        )
 
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
-        return self.labeled_subset().with_label_mask, self.train_info.num_examples
+        images, count = self.train_source, self.train_info.num_examples
+        if self.label_info is not self.train_info:
+            subset = self.labeled_subset()
+            mixed = mix_evenly(subset.labeled, subset.num_labeled, images, count)
+            return mixed, subset.num_labeled + count
+        if not self.label_info.num_classes:
+            return mark_unlabeled(images), count
+        return self.labeled_subset().with_label_mask, count
 
     def compute(self, model: SimCLRModel) -> Compute:
         return distill_compute(model, self.teacher(), self.config.loss, self.config.optim)

@@ -31,6 +31,14 @@ class FinetunePhase(Phase):
 
     train_mode = "finetune"
 
+    def without_labels(self) -> list[str]:
+        """Fine-tuning learns labels: unlabeled images are refused."""
+        raise ValueError(
+            f"--train_mode=finetune learns labels, but --dataset={self.config.data.dataset} "
+            "holds unlabeled images (a folder without class subfolders); give it labeled images "
+            "(one subfolder per class), or pretrain on these (--train_mode=pretrain)."
+        )
+
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
         subset = self.labeled_subset()
         return subset.labeled, subset.num_labeled

@@ -88,14 +88,23 @@ class PretrainPhase(Phase):
         self.memory: NegativeMemory | None = None
 
     def model_config(self) -> ModelConfig:
-        """The probe's head reads stop-gradient, standardised features; none without it."""
-        probe = self.config.train.lineareval_while_pretraining
+        """The probe's head reads stop-gradient, standardised features."""
         return dataclasses.replace(
             super().model_config(),
-            num_classes=self.num_classes if probe else 0,
             supervised_head_stop_gradient=True,
             supervised_head_batch_norm=True,
         )
+
+    def head_classes(self) -> int:
+        """The on-line linear probe's classes; no head without it."""
+        return self.num_classes if self.config.train.lineareval_while_pretraining else 0
+
+    def without_labels(self) -> list[str]:
+        """Unlabeled images: the on-line linear probe, which learns their labels, is off."""
+        if not self.config.train.lineareval_while_pretraining:
+            return []
+        self._replace_train(lineareval_while_pretraining=False)
+        return ["the on-line linear probe"]
 
     def training_examples(self) -> tuple[tf.data.Dataset, int]:
         return self.train_source, self.train_info.num_examples
