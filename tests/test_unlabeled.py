@@ -152,7 +152,7 @@ def test_pretraining_unlabeled_images_turns_off_what_needs_labels_with_one_warni
     for part in ("on-line linear probe", "kNN monitor", "evaluation after training"):
         assert part in warning, warning
     assert "--eval_dataset" in warning
-    assert f"data folder:{unlabeled}: train: {UNLABELED} images; unlabeled" in caplog.text
+    assert phase.describe_data() == f"data folder:{unlabeled}: train: {UNLABELED} images; unlabeled"
 
 
 def test_a_labeled_eval_dataset_keeps_the_knn_monitor_and_evaluation(
