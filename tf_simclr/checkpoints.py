@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tf_simclr import hub, reference
 from tf_simclr.config import ModelConfig, TrainConfig
+from tf_simclr.logs import describe_model
 from tf_simclr.models import SimCLRModel
 
 logger = logging.getLogger("tf_simclr")
@@ -398,9 +399,10 @@ def source_architecture(
             "source."
         )
     adopted = {field: getattr(found, field) for field in fields}
-    if any(getattr(requested, field) != value for field, value in adopted.items()):
-        logger.info("Architecture of %s: %s", source, adopted)
-    return dataclasses.replace(requested, **adopted)
+    result = dataclasses.replace(requested, **adopted)
+    if result != requested:
+        logger.info("architecture read from %s: %s", source, describe_model(result))
+    return result
 
 
 # ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head

@@ -458,4 +458,4 @@ def _prune_old_modules(hub_dir: str, keep_hub_module_max: int) -> None:
     )
     for step in steps[:-keep_hub_module_max]:
         tf.io.gfile.rmtree(os.path.join(hub_dir, str(step)))
-        logging.info("Removed old TF-Hub module %s", os.path.join(hub_dir, str(step)))
+        logging.debug("Removed old TF-Hub module %s", os.path.join(hub_dir, str(step)))
