@@ -1,5 +1,6 @@
 """Helpers of the end-to-end tests: run the ``tf-simclr`` binary as a user would and read back
-what it wrote (checkpoints, TensorBoard events, JSON files).
+what it wrote (checkpoints, TensorBoard events, JSON files). Every child process of the tests
+starts here: :func:`start` (output to a log file) or :func:`run_child` (output captured).
 
 Runs are tiny (ResNet-18 at width 1/8 with the CIFAR stem on 16x16 synthetic images) so that the
 whole set stays within a few minutes on two CPU cores. Output goes to ``<model_dir>.log`` files,
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -58,12 +60,13 @@ REFERENCE_FLAGS = (
 )
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a child run: this one without TF_CONFIG, plus ``extra``."""
+def child_env(**extra: str | None) -> dict[str, str]:
+    """The environment of a child run: this one without TF_CONFIG, plus ``extra`` (a value of
+    None unsets that variable, e.g. ``TF_USE_LEGACY_KERAS=None`` for Keras 3)."""
     env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env.update(extra)
-    return env
+    return {key: value for key, value in env.items() if value is not None}
 
 
 def binary_command(*flags: str) -> list[str]:
@@ -105,7 +108,7 @@ def start(
     process = subprocess.Popen(
         command,
         cwd=cwd,
-        env=env or subprocess_env(),
+        env=env or child_env(),
         stdout=handle,
         stderr=subprocess.STDOUT,
         preexec_fn=_default_sigint,
@@ -113,6 +116,48 @@ def start(
     process.log_handle = handle
     process.log_path = log_path
     return process
+
+
+# What run_child returns: returncode, and stdout and stderr as text.
+ChildResult = subprocess.CompletedProcess
+
+
+def run_child(
+    command: list[str],
+    *,
+    cwd: Path = REPO_ROOT,
+    env: dict[str, str] | None = None,
+    timeout: float = RUN_TIMEOUT_SECONDS,
+    check: bool = False,
+) -> ChildResult:
+    """Run ``command`` in ``cwd`` to its end, its stdout and stderr captured as text.
+
+    ``env`` defaults to :func:`child_env`. A child still running after ``timeout`` seconds
+    is killed (subprocess.TimeoutExpired). ``check`` asserts that it exited with 0, showing its
+    output otherwise. For long runs whose output may be large, :func:`start` writes to a file.
+    """
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=child_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=_default_sigint,
+    )
+    if check:
+        assert result.returncode == 0, (
+            f"{command[:3]} exited with {result.returncode}\nstdout:\n{result.stdout}\n"
+            f"stderr:\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def run_python(code: str, *args: str, **options) -> ChildResult:
+    """``python -c CODE ARGS`` (``code`` dedented) in a fresh interpreter; ``options`` as for
+    :func:`run_child`."""
+    return run_child([sys.executable, "-c", textwrap.dedent(code), *args], **options)
 
 
 def finish(process) -> Finished:

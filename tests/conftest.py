@@ -4,6 +4,7 @@ Logical devices must be configured before TensorFlow initialises its runtime, so
 import time of the test session, before any test touches a tensor.
 """
 
+import itertools
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -34,3 +35,25 @@ def two_replica_strategy() -> tf.distribute.MirroredStrategy:
 def one_device_strategy() -> tf.distribute.Strategy:
     """A single-device strategy on the first CPU, the reference for equivalence tests."""
     return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+_COLLECTIVE_KEY_BASES = itertools.count(start=1_000_000, step=10_000)
+
+
+@pytest.fixture
+def isolated_two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over the two logical CPUs, in a collective group no other test uses.
+
+    For tests that compare several models or steps on two replicas (tests/replica_equivalence.py):
+    every MirroredStrategy instance numbers its collective ops from the same group and instance
+    keys, and the runtime caches an instance's shape and type for the whole process, so two
+    strategies whose collectives differ collide ("Collective ops is aborted by: Shape mismatch in
+    the collective instance 100") and poison every later collective. Each such test therefore
+    gets a strategy in a collective group of its own (``_collective_key_base``, TF's hook for
+    tests).
+    """
+
+    class IsolatedMirroredStrategy(tf.distribute.MirroredStrategy):
+        _collective_key_base = next(_COLLECTIVE_KEY_BASES)
+
+    return IsolatedMirroredStrategy(["/cpu:0", "/cpu:1"])

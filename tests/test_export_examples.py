@@ -8,17 +8,15 @@ without ``TF_USE_LEGACY_KERAS``.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
 import sys
 
 import pytest
+from binary_runs import REPO_ROOT, child_env, run_child
 
 from tf_simclr import ModelConfig, SimCLRModel
 from tf_simclr.hub import save_hub_module
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "export" / "examples"
+EXAMPLES = REPO_ROOT / "export" / "examples"
 SIZE = 16
 CONFIG = ModelConfig(
     resnet_depth=18, width_multiplier=0.25, cifar_stem=True, proj_out_dim=16, num_classes=3
@@ -45,19 +43,11 @@ def modules(tmp_path_factory) -> dict[str, str]:
 
 def run_example(name: str, module: str, legacy_keras: bool = True) -> dict:
     """Run ``export/examples/<name>.py`` on ``module`` at 16x16; its JSON summary."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if legacy_keras:
-        env["TF_USE_LEGACY_KERAS"] = "1"
-    else:
-        env.pop("TF_USE_LEGACY_KERAS", None)
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, str(EXAMPLES / f"{name}.py"), module, "--image_size", str(SIZE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        env=child_env() if legacy_keras else child_env(TF_USE_LEGACY_KERAS=None),
+        check=True,
     )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

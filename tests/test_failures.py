@@ -17,7 +17,6 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,13 +29,14 @@ from binary_runs import (
     SMALL_MODEL,
     binary_command,
     checkpoint_steps,
+    child_env,
     finish,
     read_json,
     reference_run,
     run_all,
     run_binary,
+    run_child,
     start,
-    subprocess_env,
     truncate_data_file,
 )
 from PIL import Image
@@ -374,8 +374,7 @@ def can_mount_a_small_file_system() -> bool:
     """Whether ``unshare -rm`` (user and mount namespaces) works here: unprivileged tmpfs."""
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
-    return probe.returncode == 0
+    return run_child(["unshare", "-rm", "true"]).returncode == 0
 
 
 @pytest.mark.slow
@@ -401,7 +400,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tmp_path)
         str(mount_point),
         *binary_command(f"--model_dir={model_dir}", *flags),
     ]
-    env = subprocess_env(MNT_COPY_FROM=str(model_dir), MNT_COPY_TO=str(copy))
+    env = child_env(MNT_COPY_FROM=str(model_dir), MNT_COPY_TO=str(copy))
     finished = finish(start(command, tmp_path / "full.log", env=env))
     assert finished.returncode == 1, finished.tail()
     assert "Traceback" not in finished.output, finished.tail()

@@ -11,17 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras as keras
+from binary_runs import child_env, run_python
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tf_simclr import ModelConfig, SimCLRModel, export_hub
@@ -35,7 +32,6 @@ from tf_simclr.hub import (
 from tf_simclr.model_dir import write_class_names
 from tf_simclr.objectives import weight_decay_loss
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 OTHER_SIZE = 24
 NUM_CLASSES = 4
@@ -81,25 +77,6 @@ def coloured_squares(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarra
 
 def endpoint_of(signature: str) -> str:
     return "final_avg_pool" if signature == "default" else signature
-
-
-def run_python(script: str, *args: str, legacy_keras: bool = True) -> str:
-    """Run ``script`` in a fresh interpreter; fail with its output unless it exits with 0."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if legacy_keras:
-        env["TF_USE_LEGACY_KERAS"] = "1"
-    else:
-        env.pop("TF_USE_LEGACY_KERAS", None)
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
-    return result.stdout
 
 
 @dataclasses.dataclass
@@ -234,8 +211,8 @@ FRESH_PROCESS_CHECK = """
 def test_fresh_process_reproduces_in_memory_model(trained, tmp_path):
     expected = save_expected(trained, tmp_path / "expected.npz")
     output = run_python(
-        FRESH_PROCESS_CHECK, trained.full_module, expected, json.dumps(FULL_SIGNATURES)
-    )
+        FRESH_PROCESS_CHECK, trained.full_module, expected, json.dumps(FULL_SIGNATURES), check=True
+    ).stdout
     assert f"checked {2 * (2 * len(FULL_SIGNATURES) - 1)}" in output
 
 
@@ -331,8 +308,9 @@ def test_keras3_tfsm_layer_loads_every_endpoint(trained, tmp_path):
         trained.full_module,
         expected,
         json.dumps(FULL_SIGNATURES),
-        legacy_keras=False,
-    )
+        env=child_env(TF_USE_LEGACY_KERAS=None),
+        check=True,
+    ).stdout
     assert f"loaded {len(FULL_SIGNATURES)}" in output
 
 
@@ -514,7 +492,8 @@ def test_export_binary_turns_checkpoint_prefix_into_module(trained, tmp_path):
         f"--export_dir={out}",
         "--include_supervised_head=false",
         f"--weight_decay={WEIGHT_DECAY}",
-    )
+        check=True,
+    ).stdout
     assert out in output
     info = read_module_info(out)
     assert info.parts == ("encoder", "projection_head")

@@ -8,18 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 
 import label_efficiency as study
 import pytest
-from binary_runs import (
-    REPO_ROOT,
-    RUN_TIMEOUT_SECONDS,
-    assert_succeeded,
-    run_binary,
-    subprocess_env,
-)
+from binary_runs import REPO_ROOT, assert_succeeded, run_binary, run_child
 
 
 def _sweep_records(settings, fraction, accuracies, records=None):
@@ -221,15 +214,7 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
     ]
 
     def run_study() -> str:
-        return subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-        ).stdout
+        return run_child(command, check=True).stdout
 
     first = run_study()
     records = json.loads((records_dir / "results.json").read_text())

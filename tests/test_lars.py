@@ -1,4 +1,5 @@
-"""LARS, the optimizer factory and weight decay against NumPy re-implementations."""
+"""LARS, the optimizer factory and weight decay against NumPy re-implementations; LARS steps
+over two MirroredStrategy replicas against one device."""
 
 import math
 
@@ -6,6 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from replica_equivalence import (
+    assert_same_weights,
+    excluded_from_decay,
+    run_steps,
+    tiny_model,
+    two_views,
+)
 
 from tf_simclr.config import OptimConfig
 from tf_simclr.objectives import (
@@ -225,3 +233,52 @@ def test_weight_decay_loss_gradient_is_decay_times_weight() -> None:
     with tf.GradientTape() as tape:
         loss = weight_decay_loss([kernel], 0.1)
     np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(), 0.1 * kernel.numpy())
+
+
+# ------------------------------------------------------------------ two replicas == one device
+
+
+def test_lars_steps_and_checkpoint_restore_match_single_device(
+    isolated_two_replica_strategy, one_device_strategy, tmp_path
+) -> None:
+    first_views, later_views = [two_views(20)], [two_views(21), two_views(22)]
+
+    def make(strategy):
+        with strategy.scope():
+            model = tiny_model()
+            optimizer = LARS(
+                2.0,
+                momentum=0.9,
+                weight_decay=1e-2,
+                eeta=0.01,
+                excluded_variables=excluded_from_decay(model),
+            )
+        return model, optimizer
+
+    results = {}
+    for label, strategy in (
+        ("single", one_device_strategy),
+        ("mirrored", isolated_two_replica_strategy),
+    ):
+        model, optimizer = make(strategy)
+        first_losses = run_steps(strategy, model, optimizer, first_views)
+        saved = tf.train.Checkpoint(model=model, optimizer=optimizer).save(tmp_path / label)
+
+        restored_model, restored_optimizer = make(strategy)
+        tf.train.Checkpoint(model=restored_model, optimizer=restored_optimizer).restore(
+            saved
+        ).assert_existing_objects_matched()
+        later_losses = run_steps(strategy, restored_model, restored_optimizer, later_views)
+
+        assert int(restored_optimizer.iterations.numpy()) == 3
+        results[label] = (first_losses + later_losses, restored_model)
+
+    uninterrupted_model, uninterrupted_optimizer = make(one_device_strategy)
+    uninterrupted_losses = run_steps(
+        one_device_strategy, uninterrupted_model, uninterrupted_optimizer, first_views + later_views
+    )
+
+    np.testing.assert_allclose(results["single"][0], results["mirrored"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results["single"][0], uninterrupted_losses, rtol=1e-5, atol=1e-5)
+    assert_same_weights(results["single"][1], results["mirrored"][1])
+    assert_same_weights(results["single"][1], uninterrupted_model)

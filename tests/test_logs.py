@@ -21,10 +21,10 @@ from binary_runs import (
     assert_succeeded,
     binary_command,
     checkpoint_steps,
+    child_env,
     finish,
     read_events,
     start,
-    subprocess_env,
 )
 from regression_loop import BATCH, ckpt_steps, regression_batch, regression_setup, settings
 from tensorflow.python.platform import tf_logging
@@ -240,7 +240,7 @@ def classify(lines: list[str]) -> list[tuple[str, re.Match]]:
 @pytest.mark.slow
 def test_a_pretraining_run_and_its_resumption_log_a_few_useful_lines(tmp_path):
     model_dir = tmp_path / "run"
-    env = {k: v for k, v in subprocess_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's
+    env = child_env(TF_CPP_MIN_LOG_LEVEL=None)  # a user's
     runs = []
     for steps in (20, 25):
         command = binary_command(f"--model_dir={model_dir}", *LOG_FLAGS, f"--train_steps={steps}")

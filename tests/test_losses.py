@@ -1,12 +1,24 @@
-"""Losses against independent NumPy implementations of SimCLR eq. 1 and SimCLRv2 eq. 3-4."""
+"""Losses against independent NumPy implementations of SimCLR eq. 1 and SimCLRv2 eq. 3-4, and
+NT-Xent over two MirroredStrategy replicas against one device with the whole batch."""
 
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
+from replica_equivalence import (
+    IMAGES,
+    TEMPERATURE,
+    assert_same_weights,
+    distribute,
+    initial_weights,
+    local_batches,
+    run_steps,
+    tiny_model,
+    two_views,
+)
 
-from tf_simclr.config import LossConfig
 from tf_simclr.objectives import (
     contrastive_loss,
     contrastive_metrics,
@@ -271,15 +283,68 @@ def test_distillation_rejects_bad_arguments() -> None:
         distillation_loss(tf.zeros((4, 3)), tf.zeros((4, 3)), alpha=1.5)
 
 
-def test_loss_config_validates_its_fields() -> None:
-    config = LossConfig()
-    assert (config.temperature, config.hidden_norm, config.loss_scale) == (0.1, True, "reference")
-    for bad, message in [
-        ({"temperature": 0.0}, "temperature"),
-        ({"loss_scale": "mean"}, "loss_scale"),
-        ({"label_smoothing": 1.0}, "label_smoothing"),
-        ({"distill_temperature": -1.0}, "distill_temperature"),
-        ({"distill_alpha": 2.0}, "distill_alpha"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            LossConfig(**bad)
+# ------------------------------------------------------------------ two replicas == one device
+
+
+def test_cross_replica_nt_xent_and_its_gradient_equal_single_device(
+    isolated_two_replica_strategy,
+) -> None:
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(2 * IMAGES, 7)).astype(np.float32)
+    view1, view2 = hidden[:IMAGES], hidden[IMAGES:]
+
+    variable = tf.Variable(hidden)
+    with tf.GradientTape() as tape:
+        loss, logits, labels = contrastive_loss(variable, temperature=TEMPERATURE)
+    gradient = tape.gradient(loss, variable).numpy()
+
+    strategy = isolated_two_replica_strategy
+
+    def replica_fn(local):
+        with tf.GradientTape() as local_tape:
+            local_tape.watch(local)
+            result = contrastive_loss(local, temperature=TEMPERATURE, strategy=strategy)
+            scaled = result[0] / strategy.num_replicas_in_sync
+        return (*result, local_tape.gradient(scaled, local))
+
+    per_replica = strategy.run(
+        tf.function(replica_fn),
+        args=(distribute(strategy, local_batches(view1, view2, 2)),),
+    )
+    local = [strategy.experimental_local_results(value) for value in per_replica]
+    half = IMAGES // 2
+    np.testing.assert_allclose(np.mean([x.numpy() for x in local[0]]), loss.numpy(), rtol=1e-5)
+    for replica in range(2):
+        rows = slice(replica * half, (replica + 1) * half)
+        np.testing.assert_allclose(local[1][replica].numpy(), logits.numpy()[rows], atol=1e-5)
+        np.testing.assert_array_equal(local[2][replica].numpy(), labels.numpy()[rows])
+        # The gathered negatives must send their gradient back to the replica that owns them.
+        expected_gradient = np.concatenate(
+            [gradient[rows], gradient[IMAGES + replica * half : IMAGES + (replica + 1) * half]]
+        )
+        np.testing.assert_allclose(local[3][replica].numpy(), expected_gradient, atol=1e-6)
+
+
+def test_nt_xent_with_strategy_outside_strategy_run_raises(isolated_two_replica_strategy) -> None:
+    with (
+        isolated_two_replica_strategy.scope(),
+        pytest.raises(ValueError, match=r"inside strategy\.run"),
+    ):
+        contrastive_loss(tf.ones((4, 3)), strategy=isolated_two_replica_strategy)
+
+
+def test_sgd_step_with_sync_bn_matches_single_device(
+    isolated_two_replica_strategy, one_device_strategy
+) -> None:
+    views = [two_views(10)]
+    models, losses = [], []
+    for strategy in (one_device_strategy, isolated_two_replica_strategy):
+        with strategy.scope():
+            model = tiny_model()
+            optimizer = keras.optimizers.SGD(0.5)
+        losses.append(run_steps(strategy, model, optimizer, views))
+        models.append(model)
+
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    assert_same_weights(*models)
+    assert not np.allclose(models[0].get_weights()[0], initial_weights()[0], atol=1e-3)

@@ -127,24 +127,3 @@ def test_build_learning_rate_schedule_from_config() -> None:
 def test_invalid_schedule_arguments_raise(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
-
-
-def test_optim_config_defaults_and_validation() -> None:
-    config = OptimConfig()
-    assert (config.optimizer, config.learning_rate, config.momentum, config.eeta) == (
-        "lars",
-        0.3,
-        0.9,
-        0.001,
-    )
-    for bad, message in [
-        ({"optimizer": "sgd"}, "optimizer"),
-        ({"learning_rate": 0.0}, "learning_rate"),
-        ({"learning_rate_scaling": "log"}, "learning_rate_scaling"),
-        ({"momentum": 1.0}, "momentum"),
-        ({"eeta": 0.0}, "eeta"),
-        ({"weight_decay": -1.0}, "weight_decay"),
-        ({"warmup_epochs": -1.0}, "warmup_epochs"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            OptimConfig(**bad)

@@ -17,17 +17,16 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import sysconfig
 import zipfile
 from importlib.metadata import distributions
 
 import pytest
+from binary_runs import REPO_ROOT, ChildResult, child_env, run_child
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # What a checkout holds besides its sources (.git, .venv, caches, build output, runs).
 NOT_SOURCES = shutil.ignore_patterns(
     ".*", "build", "dist", "*.egg-info", "__pycache__", "runs", "*_run", "bazel-*"
@@ -66,13 +65,10 @@ class Installed:
 
 def pip(*args: str) -> None:
     """Run ``python -m pip ARGS`` offline."""
-    result = subprocess.run(
+    run_child(
         [sys.executable, "-m", "pip", *args, "--no-index", "--disable-pip-version-check"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        check=True,
     )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +83,15 @@ def installed(tmp_path_factory) -> Installed:
     return Installed(wheel=wheel, site=root / "site", workdir=root / "work")
 
 
-def run_installed(installed: Installed, code: str, *args: str) -> subprocess.CompletedProcess:
+def run_installed(installed: Installed, code: str, *args: str) -> ChildResult:
     """``python -S -c CODE ARGS`` seeing the installed wheel and the venv's dependencies only."""
     paths = sysconfig.get_paths()
     site_packages = dict.fromkeys([paths["purelib"], paths["platlib"]])
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(installed.site), *site_packages]),
-        TF_USE_LEGACY_KERAS="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    return subprocess.run(
+    pythonpath = os.pathsep.join([str(installed.site), *site_packages])
+    return run_child(
         [sys.executable, "-S", "-c", code, *args],
         cwd=installed.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        env=child_env(PYTHONPATH=pythonpath),
     )
 
 

@@ -1,34 +1,144 @@
-"""Distributed pretraining through the binary: two mirrored replicas equal one device, and the
-two workers of a MultiWorkerMirroredStrategy run over loopback end with identical weights.
+"""Choosing the strategy (tf_simclr.training.strategy) and training under it.
 
-Every run is a subprocess (``--strategy=mirrored --logical_cpu_devices=2``, ``--strategy=
-multi_worker`` with TF_CONFIG), as a user would start it; the pytest process itself creates no
-strategy here.
+In process: ``create_strategy`` on the session's two logical CPUs (tests/conftest.py), the batch
+check, and ``is_chief`` with what depends on it in the loop (a non-chief worker resumes from the
+chief's checkpoints and writes only to a scratch folder).
+
+Through the binary: two mirrored replicas equal one device, and the two workers of a
+MultiWorkerMirroredStrategy run over loopback end with identical weights. Every such run is a
+child process (``--strategy=mirrored --logical_cpu_devices=2``, ``--strategy=multi_worker`` with
+TF_CONFIG), as a user would start it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from binary_runs import (
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
     Finished,
     assert_succeeded,
     checkpoint_steps,
+    child_env,
     finish_together,
     model_weights,
     read_events,
     read_json,
     shared_runs,
     start,
-    subprocess_env,
     weight_differences,
 )
+from regression_loop import ckpt_steps, regression_setup, settings, sgd_reference
+
+from tf_simclr.training import loop
+from tf_simclr.training.strategy import check_batch_sizes, create_strategy, is_chief
+
+# ----------------------------------------------------------------------------- in process
+
+
+def test_create_strategy_default_is_tensorflows_default():
+    strategy = create_strategy("default")
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_create_strategy_mirrored_replicates_over_the_logical_cpus():
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("mirrored replicates over the GPUs when there are some")
+    # Created, never run: its collectives would collide with the session's two_replica_strategy.
+    strategy = create_strategy("mirrored")
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == 2
+    devices = sorted(strategy.extended.worker_devices)
+    assert [device.rsplit("/", 1)[1] for device in devices] == ["device:CPU:0", "device:CPU:1"]
+
+
+def test_create_strategy_rejects_an_unknown_name():
+    expected = "strategy='parameter_server' must be one of ('default', 'mirrored', 'multi_worker'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        create_strategy("parameter_server")
+
+
+def test_check_batch_sizes_accepts_batches_that_split_over_the_replicas(two_replica_strategy):
+    check_batch_sizes(two_replica_strategy, 32, 6)
+    check_batch_sizes(two_replica_strategy, 2, None)
+    check_batch_sizes(tf.distribute.get_strategy(), 33, 7)
+
+
+@pytest.mark.parametrize(
+    ("train_batch_size", "eval_batch_size", "named", "suggested"),
+    [
+        (33, 8, "--train_batch_size=33", "e.g. 32 or 34."),
+        (32, 7, "--eval_batch_size=7", "e.g. 6 or 8."),
+        (1, None, "--train_batch_size=1", "e.g. 2."),
+    ],
+)
+def test_check_batch_sizes_names_a_batch_that_does_not_split(
+    two_replica_strategy, train_batch_size, eval_batch_size, named, suggested
+):
+    expected = f"{named} does not split evenly over the 2 replicas of this strategy"
+    with pytest.raises(ValueError, match=re.escape(expected)) as rejected:
+        check_batch_sizes(two_replica_strategy, train_batch_size, eval_batch_size)
+    assert str(rejected.value).endswith(f"use a multiple of 2, {suggested}")
+
+
+class WorkerView:
+    """A strategy seen from worker ``task_id`` of a two-worker cluster (for is_chief)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, task_id: int) -> None:
+        self._strategy = strategy
+        self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}),
+            task_type="worker",
+            task_id=task_id,
+        )
+
+    def __getattr__(self, name):
+        return getattr(self._strategy, name)
+
+
+def test_non_chief_resumes_from_the_chief_and_leaves_no_trace(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    model, optimizer, functions, factory, _ = regression_setup(strategy)
+    loop.train(strategy, model, optimizer, functions, factory, settings(tmp_path, 2))
+    assert ckpt_steps(tmp_path) == [2]
+    events_before = sorted(os.listdir(tmp_path / "train"))
+
+    worker = WorkerView(strategy, task_id=1)
+    model, optimizer, functions, factory, calls = regression_setup(strategy)
+    loop.train(worker, model, optimizer, functions, factory, settings(tmp_path, 4))
+    assert calls == [2], "the non-chief did not resume from the chief's checkpoint"
+    np.testing.assert_allclose(model.get_weights()[0], sgd_reference(4), rtol=1e-5)
+    assert ckpt_steps(tmp_path) == [2]
+    assert sorted(os.listdir(tmp_path / "train")) == events_before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "train"]  # scratch folder deleted
+
+
+def test_checkpoint_manager_puts_non_chief_checkpoints_in_a_scratch_folder(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    checkpoint = tf.train.Checkpoint(step=tf.Variable(1))
+    chief = loop.checkpoint_manager(checkpoint, str(tmp_path), WorkerView(strategy, 0), 1)
+    other = loop.checkpoint_manager(checkpoint, str(tmp_path), WorkerView(strategy, 1), 1)
+    assert chief.directory == str(tmp_path / "ckpt")
+    assert other.directory == str(tmp_path / ".worker_scratch_1" / "ckpt")
+
+
+def test_is_chief_is_a_lone_process_or_worker_0():
+    strategy = tf.distribute.get_strategy()
+    assert is_chief(strategy)
+    assert is_chief(WorkerView(strategy, task_id=0))
+    assert not is_chief(WorkerView(strategy, task_id=1))
+
+
+# ---------------------------------------------------------------------------- the binary
 
 MIRRORED_FLAGS = (*REFERENCE_FLAGS, "--strategy=mirrored", "--logical_cpu_devices=2")
 # Two replicas sum in another order than one device: after 12 steps the weights differ by ~1e-5.
@@ -127,7 +237,7 @@ def test_two_workers_over_loopback_end_with_identical_weights(tmp_path):
     workers = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = subprocess_env(TF_CONFIG=tf_config, KEEP_SCRATCH_TO=str(kept))
+        env = child_env(TF_CONFIG=tf_config, KEEP_SCRATCH_TO=str(kept))
         command = [sys.executable, "-c", KEEP_SCRATCH_DRIVER, *flags]
         workers.append(start(command, tmp_path / f"worker{index}.log", env))
     chief, other = finish_together(workers)

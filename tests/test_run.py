@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import re
 import shutil
-import subprocess
 import sys
 import typing
 
@@ -24,16 +22,18 @@ from absl import flags
 from binary_runs import (
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
-    REPO_ROOT,
     SMALL_MODEL,
+    ChildResult,
     binary_command,
     checkpoint_steps,
+    child_env,
     model_weights,
     read_events,
     read_json,
     reference_run,
     run_all,
     run_binary,
+    run_child,
     shared_runs,
 )
 
@@ -284,24 +284,9 @@ STARTUP_NOISE = (
 )
 
 
-def user_environment() -> dict[str, str]:
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")
-    }
-
-
-def run_child(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        env=user_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+def run_as_user(command: list[str]) -> ChildResult:
+    """``command`` with the environment a user has: no TF_CPP_MIN_LOG_LEVEL (nor TF_CONFIG)."""
+    return run_child(command, env=child_env(TF_CPP_MIN_LOG_LEVEL=None))
 
 
 def startup_noise(stderr: str) -> list[str]:
@@ -315,8 +300,8 @@ def help_sections(stdout: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def help_outputs() -> dict[str, subprocess.CompletedProcess]:
-    return {name: run_child(command) for name, command in HELP_COMMANDS.items()}
+def help_outputs() -> dict[str, ChildResult]:
+    return {name: run_as_user(command) for name, command in HELP_COMMANDS.items()}
 
 
 @pytest.mark.parametrize("case", list(HELP_COMMANDS))
@@ -347,7 +332,7 @@ def test_help_lists_exactly_the_binarys_flags_by_group(help_outputs, case):
 
 
 def test_helpfull_still_lists_every_flag():
-    result = run_child([sys.executable, "-m", "tf_simclr.run", "--helpfull"])
+    result = run_as_user([sys.executable, "-m", "tf_simclr.run", "--helpfull"])
     assert result.returncode == 1, result.stderr
     for listed in ("--resnet_depth:", "--[no]helpshort:", "--verbosity:", "--flagfile:"):
         assert listed in result.stdout
@@ -358,7 +343,9 @@ def test_helpfull_still_lists_every_flag():
 @pytest.mark.slow
 def test_tensorflow_starts_without_its_startup_logging(tmp_path):
     # Rejected after TensorFlow started and listed its devices (where cuInit is called).
-    result = run_child(binary_command(f"--model_dir={tmp_path / 'run'}", "--dataset=imagenet_foo"))
+    result = run_as_user(
+        binary_command(f"--model_dir={tmp_path / 'run'}", "--dataset=imagenet_foo")
+    )
     assert result.returncode == 2, result.stderr
     assert "invalid flags" in result.stderr
     assert not startup_noise(result.stderr), result.stderr
