@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
+# pytest-xdist workers; whole files go to one worker, so a file's module fixtures run once.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 BAZEL_TEST_ARGS ?= --test_tag_filters=-slow
 
 # `make test-fast`: the quick subset (no @pytest.mark.slow end-to-end runs).
@@ -33,11 +36,11 @@ demo: $(STAMP) fashion-mnist
 test: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # `bazel test //...` offline with Debian's bazel-bootstrap (Bazel 4.2; see README.md, "Bazel"):
 # the quick subset by default, every test with BAZEL_TEST_ARGS=.

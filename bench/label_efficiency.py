@@ -675,6 +675,12 @@ def main() -> None:
     parser.add_argument(
         "--budget_multipliers", default=",".join(f"{m:g}" for m in defaults.budget_multipliers)
     )
+    parser.add_argument(
+        "--max_budget_multiplier",
+        type=float,
+        default=defaults.max_budget_multiplier,
+        help="A sweep whose longest budget wins is doubled up to this multiplier.",
+    )
     parser.add_argument("--distill_epochs", type=float, default=defaults.distill_epochs)
     parser.add_argument("--distill_alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
@@ -688,6 +694,7 @@ def main() -> None:
         encoder=os.path.abspath(args.encoder) if args.encoder else "",
         pretrain_epochs=args.pretrain_epochs,
         budget_multipliers=tuple(float(m) for m in args.budget_multipliers.split(",")),
+        max_budget_multiplier=args.max_budget_multiplier,
         distill_epochs=args.distill_epochs,
         distill_alpha=args.distill_alpha,
         extra_flags=tuple(shlex.split(args.extra_flags)),

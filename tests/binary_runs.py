@@ -10,6 +10,7 @@ never to pipes: a worker of a multi-worker run blocked on a full pipe would stal
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -209,19 +210,30 @@ def shared_runs(tmp_path_factory, runs: dict[str, tuple[str, ...]]) -> dict[str,
     """model_dirs of the named runs (``{name: flags}``), shared by every test of the session.
 
     A run already finished in this session (same name) is reused; the missing ones are started
-    together, so that their single-threaded phases (imports, tracing) overlap.
+    together, so that their single-threaded phases (imports, tracing) overlap. Under
+    pytest-xdist the workers share one folder: a lock lets one of them run what is missing while
+    the others wait for it.
     """
-    root = tmp_path_factory.getbasetemp() / "shared_runs"
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is in the session's
+        base = base.parent
+    root = base / "shared_runs"
+    root.mkdir(parents=True, exist_ok=True)
     dirs = {name: root / name for name in runs}
-    missing = {
-        name: (binary_command(f"--model_dir={dirs[name]}", *flags), dirs[name].with_suffix(".log"))
-        for name, flags in runs.items()
-        if not (dirs[name] / "result.json").exists()
-    }
-    for name in missing:
-        shutil.rmtree(dirs[name], ignore_errors=True)
-    for finished in run_all(missing).values():
-        assert_succeeded(finished)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        missing = {
+            name: (
+                binary_command(f"--model_dir={dirs[name]}", *flags),
+                dirs[name].with_suffix(".log"),
+            )
+            for name, flags in runs.items()
+            if not (dirs[name] / "result.json").exists()
+        }
+        for name in missing:
+            shutil.rmtree(dirs[name], ignore_errors=True)
+        for finished in run_all(missing).values():
+            assert_succeeded(finished)
     return dirs
 
 

@@ -208,6 +208,7 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
         f"--encoder={encoder}",
         "--seeds=0",
         "--budget_multipliers=1",
+        "--max_budget_multiplier=1",
         f"--extra_flags={TINY}",
         f"--table={tmp_path / 'table.md'}",
         f"--plot={tmp_path / 'plot.png'}",
@@ -219,7 +220,11 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
     first = run_study()
     records = json.loads((records_dir / "results.json").read_text())
     settings = study.StudySettings(
-        run_dir="", seeds=(0,), encoder=str(encoder), budget_multipliers=(1,)
+        run_dir="",
+        seeds=(0,),
+        encoder=str(encoder),
+        budget_multipliers=(1,),
+        max_budget_multiplier=1,
     )
     assert [r["name"] for r in records] == [run.name for run in study.plan(settings, {})]
     assert "=== pretrain:" not in first
