@@ -271,7 +271,9 @@ def execute(run: Run, settings: StudySettings) -> dict:
         record["seconds"] = time.time() - started
         return record
     model_dir = os.path.join(settings.run_dir, run.name)
-    flags = (*run.flags, "--keep_hub_module_max=1", *settings.extra_flags)
+    teacher = run.method == "finetune" and run.seed == settings.seeds[0]
+    # Only the distillation teachers' modules are kept; exporting the others costs time for nothing.
+    flags = (*run.flags, f"--keep_hub_module_max={int(teacher)}", *settings.extra_flags)
     seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
@@ -283,7 +285,7 @@ def execute(run: Run, settings: StudySettings) -> dict:
         "images_per_second": result["train"].get("images_per_second"),
         "command": command,
     }
-    if run.method == "finetune" and run.seed == settings.seeds[0]:
+    if teacher:
         keep_module(model_dir, teacher_module(settings, run.fraction))
     print(f"    top-1 {record['top_1']:.4f} in {record['seconds']:.0f} s", flush=True)
     return record
