@@ -538,8 +538,11 @@ def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | No
 
 
 def markdown_table(records: list[dict], settings: StudySettings) -> str:
-    """The reference and encoder rows, the label-efficiency rows, the sweep and the targets."""
+    """The reference and encoder rows, the label-efficiency rows, the sweep and the targets.
+    A supervised cell whose sweep has not finished is marked, and no target uses it."""
     summary = summarize(records)
+    by_name = {record["name"]: record for record in records}
+    unfinished = {f for f in FRACTIONS if best_multiplier(by_name, settings, f) is None}
     probes = {r["name"].removeprefix("probe_"): r for r in records if r["method"] == "probe"}
     lines = [
         "| features (fixed) | kNN | linear 1% | linear 10% | linear 100% |",
@@ -561,10 +564,12 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
                 continue
             seconds += entry["seconds"]
             spread = f" ± {entry['std']:.4f}" if entry["count"] > 1 else ""
-            cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']})")
+            running = (
+                " (sweep not finished)" if method == "supervised" and fraction in unfinished else ""
+            )
+            cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']}){running}")
         lines.append(f"| {label} | {' | '.join(cells)} | {seconds / 60:.1f} min |")
     lines += ["", "Supervised budget sweep (seed 0, epochs over the labeled subset):", ""]
-    by_name = {record["name"]: record for record in records}
     sweeps = {fraction: fraction_sweep(settings, by_name, fraction) for fraction in FRACTIONS}
     columns = max(len(sweep) for sweep in sweeps.values())
     multipliers = [run.multiplier for run in max(sweeps.values(), key=len)]
@@ -578,8 +583,13 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
             cells.append(f"{record['top_1']:.4f} ({epochs:g} ep)" if record else "")
         cells += [""] * (columns - len(cells))
         lines.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
+    converged = {
+        key: value
+        for key, value in summary.items()
+        if key[0] != "supervised" or key[1] not in unfinished
+    }
     lines += ["", "| target | status | measured |", "|---|---|---|"]
-    for text, met, evidence in targets(summary, probes):
+    for text, met, evidence in targets(converged, probes):
         status = "not run" if met is None else "**met**" if met else "**missed**"
         lines.append(f"| {text} | {status} | {evidence} |")
     encoder = (

@@ -62,6 +62,12 @@ def test_a_sweep_whose_longest_budget_wins_is_doubled_until_it_stops_improving()
     settings = study.StudySettings(run_dir="/study", seeds=(0, 1), max_budget_multiplier=16)
     records = _sweep_records(settings, 0.01, [0.76, 0.80, 0.81])  # still rising at 4x
     assert study.best_multiplier(records, settings, 0.01) is None
+    # An unfinished sweep is no converged baseline: marked, and no target compares with it.
+    finetuned = {"name": "finetune_1pct_seed0", "method": "finetune", "fraction": 0.01}
+    with_finetune = [*records.values(), {**finetuned, "seed": 0, "top_1": 0.9, "seconds": 1.0}]
+    table = study.markdown_table(with_finetune, settings)
+    assert "0.8100 (1) (sweep not finished)" in table
+    assert "| fine-tuning on 1% beats supervised 1% by >= 3 points | not run |" in table
     names = [run.name for run in study.plan(settings, records)]
     assert "supervised_1pct_x8_seed0" in names and "supervised_1pct_seed1" not in names
 
