@@ -47,7 +47,7 @@ def test_every_setting_starts_from_the_fixed_cifar_style_recipe(tmp_path, monkey
 
     from tf_simclr import run
 
-    monkeypatch.chdir(REPO_ROOT)  # the base includes flags/fashion_mnist/common.flags
+    monkeypatch.chdir(REPO_ROOT)  # the command names bench/recipe_grid_base.flags from the root
     for name, extra in grid.GRID.items():
         values = flags.FlagValues()
         run.define_flags(values)
