@@ -8,10 +8,14 @@ import itertools
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
-import tensorflow as tf
+
+from tf_simclr.logs import start_tensorflow
+
+start_tensorflow()  # as the binaries do: TensorFlow's start-up chatter hidden, level 2 set
+
+import tensorflow as tf  # noqa: E402 - after the quiet start
 
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
