@@ -16,7 +16,6 @@ refused with the same reason.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import glob
 import json
@@ -239,22 +238,11 @@ def _escaped(name: str) -> str:
 
 def variable_keys(root: tf.train.Checkpoint) -> set[str]:
     """The checkpoint keys (without :data:`VALUE_SUFFIX`) of every variable reachable from
-    ``root``: the path of child names by which a breadth-first walk first reaches it, the walk
-    ``tf.train.Checkpoint`` makes when it saves."""
-    keys: set[str] = set()
-    seen: set[int] = set()
-    queue = collections.deque([("", root)])
-    while queue:
-        path, trackable = queue.popleft()
-        if id(trackable) in seen:
-            continue
-        seen.add(id(trackable))
-        if isinstance(trackable, tf.Variable):
-            keys.add(path)
-            continue
-        for name, child in tf.train.TrackableView.children(trackable).items():
-            queue.append((f"{path}/{_escaped(name)}" if path else _escaped(name), child))
-    return keys
+    ``root``: its :func:`hub.trackable_variables` paths, escaped and joined as
+    ``tf.train.Checkpoint`` writes them."""
+    return {
+        "/".join(_escaped(name) for name in path) for path in hub.trackable_variables(((), root))
+    }
 
 
 def restore_summary(root: tf.train.Checkpoint, prefix: str) -> str:

@@ -147,29 +147,37 @@ def model_parts(model: SimCLRModel) -> dict[str, tf.Module]:
     return parts
 
 
-def variable_paths(model: SimCLRModel, parts: Iterable[str]) -> dict[str, tf.Variable]:
-    """Variables of ``parts`` keyed by object path, e.g. ``encoder.stem.convs.0.conv.kernel``.
-
-    The path is the one ``tf.train.Checkpoint(model=model)`` names a variable by (first found in
-    breadth-first order), with ``.`` between steps, so it identifies a variable by what it is in
-    the model, independently of Keras's global name counters and of ``trainable`` flags.
-    """
-    available = model_parts(model)
-    paths: dict[str, tf.Variable] = {}
+def trackable_variables(
+    *roots: tuple[tuple[str, ...], object],
+) -> dict[tuple[str, ...], tf.Variable]:
+    """Every variable reachable from the ``(path, trackable)`` roots, keyed by the path of child
+    names by which a breadth-first walk (root by root, in order) first reaches it: the walk
+    ``tf.train.Checkpoint`` makes when it saves, so a path names a variable by what it is in the
+    object graph, independently of Keras's global name counters and of ``trainable`` flags."""
+    found: dict[tuple[str, ...], tf.Variable] = {}
     seen: set[int] = set()
-    for part in parts:
-        queue = collections.deque([(part, available[part])])
+    for root in roots:
+        queue = collections.deque([root])
         while queue:
             path, trackable = queue.popleft()
             if id(trackable) in seen:
                 continue
             seen.add(id(trackable))
             if isinstance(trackable, tf.Variable):
-                paths[path] = trackable
+                found[path] = trackable
                 continue
             for name, child in tf.train.TrackableView.children(trackable).items():
-                queue.append((f"{path}.{name}", child))
-    return paths
+                queue.append(((*path, name), child))
+    return found
+
+
+def variable_paths(model: SimCLRModel, parts: Iterable[str]) -> dict[str, tf.Variable]:
+    """Variables of ``parts`` keyed by object path, e.g. ``encoder.stem.convs.0.conv.kernel``:
+    the :func:`trackable_variables` path under ``tf.train.Checkpoint(model=model)``, with ``.``
+    between steps."""
+    available = model_parts(model)
+    found = trackable_variables(*(((part,), available[part]) for part in parts))
+    return {".".join(path): variable for path, variable in found.items()}
 
 
 def save_hub_module(
@@ -394,14 +402,14 @@ def _build_module(
     non_trainable = [variable for layer in layers for variable in layer.non_trainable_variables]
     excluded = plain.excluded_variables()
 
-    @tf.function
+    @tf.function(autograph=False)
     def call(images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
         return plain.endpoints(checked_images(images), training=training, parts=parts)
 
     call.get_concrete_function(IMAGE_SPEC, training=True)
     call.get_concrete_function(IMAGE_SPEC, training=False)
 
-    @tf.function(input_signature=[])
+    @tf.function(input_signature=[], autograph=False)
     def regularization_loss() -> tf.Tensor:
         return weight_decay_loss(trainable, weight_decay, excluded)
 
@@ -442,7 +450,7 @@ def _signature(
 ) -> tf.types.experimental.GenericFunction:
     """An inference signature returning ``{name: endpoint}`` for input ``images``."""
 
-    @tf.function(input_signature=[IMAGE_SPEC])
+    @tf.function(input_signature=[IMAGE_SPEC], autograph=False)
     def signature(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {name: call(images, training=False)[endpoint]}
 

@@ -211,7 +211,7 @@ class Augmenter:
         self.config = config
         self._color = ColorDistortion(config)
         self._crop_resize_batch = tf.function(
-            crop_resize_batch, jit_compile=config.augment_jit_compile
+            crop_resize_batch, jit_compile=config.augment_jit_compile, autograph=False
         )
         self._blur = RandomBlur(config) if config.blur_enabled else None
 

@@ -74,8 +74,8 @@ class RandomBlur:
         self._config = config
         jit = config.augment_jit_compile
         self._separable_blur = blur_shifted_sum if jit else blur_depthwise
-        self._blur_batch = tf.function(self._blur_selected, jit_compile=jit)
-        self._blur_example = tf.function(self._blur_one, jit_compile=jit)
+        self._blur_batch = tf.function(self._blur_selected, jit_compile=jit, autograph=False)
+        self._blur_example = tf.function(self._blur_one, jit_compile=jit, autograph=False)
 
     def _sigma(self, uniforms: tf.Tensor) -> tf.Tensor:
         low, high = self._config.blur_sigma_range

@@ -180,10 +180,10 @@ class ColorDistortion:
     def __init__(self, config: AugmentConfig) -> None:
         self._config = config
         jit = config.augment_jit_compile
-        self._affine = tf.function(affine_step, jit_compile=jit)
-        self._hue = tf.function(adjust_hue, jit_compile=jit)
-        self._finish = tf.function(self._select_and_gray, jit_compile=jit)
-        self._distort_example = tf.function(self._distort_one, jit_compile=jit)
+        self._affine = tf.function(affine_step, jit_compile=jit, autograph=False)
+        self._hue = tf.function(adjust_hue, jit_compile=jit, autograph=False)
+        self._finish = tf.function(self._select_and_gray, jit_compile=jit, autograph=False)
+        self._distort_example = tf.function(self._distort_one, jit_compile=jit, autograph=False)
 
     @staticmethod
     def _select_and_gray(

@@ -227,14 +227,18 @@ def build_dataset(
     if augments_per_batch(dataset.element_spec[0].shape, augment.image_size):
         dataset = dataset.batch(batch_size, drop_remainder=training)
         dataset = dataset.enumerate(start=skipped_batches).map(
-            batcher.augment_batch, num_parallel_calls=parallel
+            tf.autograph.experimental.do_not_convert(batcher.augment_batch),
+            num_parallel_calls=parallel,
         )
     else:
         dataset = dataset.enumerate(start=skipped_batches * batch_size).map(
-            batcher.augment_example, num_parallel_calls=parallel
+            tf.autograph.experimental.do_not_convert(batcher.augment_example),
+            num_parallel_calls=parallel,
         )
         dataset = dataset.batch(batch_size, drop_remainder=training)
-        dataset = dataset.map(batcher.to_dict, num_parallel_calls=parallel)
+        dataset = dataset.map(
+            tf.autograph.experimental.do_not_convert(batcher.to_dict), num_parallel_calls=parallel
+        )
     options = tf.data.Options()
     options.deterministic = deterministic or not training
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

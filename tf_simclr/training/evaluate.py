@@ -41,7 +41,7 @@ def evaluate_classifier(
         loss.update_state(per_example)
         count.update_state(tf.cast(tf.size(labels), tf.float32))
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(batch: dict) -> None:
         strategy.run(replica_step, args=(batch,))
 
@@ -64,7 +64,7 @@ def feature_function(
     ``tf.function``. Make it once per model and reuse it: every new function traces the model
     again (the kNN monitor at every checkpoint made TensorFlow warn about retracing)."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def features(images: tf.Tensor) -> tf.Tensor:
         values = model(images, training=False)[endpoint]
         return tf.math.l2_normalize(values, axis=-1) if normalize else values

@@ -235,7 +235,7 @@ class FiniteCheck:
                 if variable.dtype.is_floating and id(variable) not in seen:
                     seen.add(id(variable))
                     self._variables.append(variable)
-        self._flags = tf.function(self._finite_flags)
+        self._flags = tf.function(self._finite_flags, autograph=False)
 
     @property
     def count(self) -> int:
@@ -272,9 +272,9 @@ class TrainFunction:
         self.names: tuple[str, ...] = ()
         gradients = self._gradients
         self._compute_gradients = (
-            tf.function(gradients, jit_compile=True) if jit_compile else gradients
+            tf.function(gradients, jit_compile=True, autograph=False) if jit_compile else gradients
         )
-        self._run_steps = tf.function(self._steps)
+        self._run_steps = tf.function(self._steps, autograph=False)
 
     def __call__(self, iterator: Iterator, steps: int) -> dict[str, float]:
         values = self._run_steps(iterator, tf.constant(steps, tf.int32)).numpy()
@@ -313,9 +313,14 @@ class TrainFunction:
     def _steps(self, iterator: Iterator, steps: tf.Tensor) -> tf.Tensor:
         # A TensorArray takes its element shape from the first write, so the step is traced
         # once, whatever number of scalars ``compute`` returns.
-        history = tf.TensorArray(tf.float32, size=steps)
-        for index in tf.range(steps):
-            history = history.write(index, self._one_step(iterator))
+        def step(index: tf.Tensor, history: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+            return index + 1, history.write(index, self._one_step(iterator))
+
+        _, history = tf.while_loop(
+            lambda index, _: index < steps,
+            step,
+            (tf.constant(0), tf.TensorArray(tf.float32, size=steps)),
+        )
         return tf.reduce_mean(history.stack(), axis=0)
 
 
