@@ -324,6 +324,9 @@ def test_a_second_run_is_refused_eval_may_follow_and_ctrl_c_says_where_to_resume
             time.sleep(POLL_SECONDS)
         assert trainer.poll() is None, "the first run ended by itself"
         assert (model_dir / LOCK_FILENAME).read_text().strip() == str(trainer.pid)
+        # Suspended (as by Ctrl-Z), the first run still holds its model_dir, and leaves the
+        # two cores to the second run and the evaluation.
+        trainer.send_signal(signal.SIGSTOP)
         second = run_binary(model_dir, *endless)  # output in run.log
         evaluation = finish(
             start(
@@ -331,6 +334,7 @@ def test_a_second_run_is_refused_eval_may_follow_and_ctrl_c_says_where_to_resume
                 tmp_path / "eval.log",
             )
         )
+        trainer.send_signal(signal.SIGCONT)
         trainer.send_signal(signal.SIGINT)
         interrupted = finish(trainer)
     finally:
