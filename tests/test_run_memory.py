@@ -27,6 +27,7 @@ from binary_runs import (
     read_json,
     reference_run,
     run_all,
+    shared_runs,
 )
 
 from tf_simclr.data import load_source
@@ -149,9 +150,12 @@ FINETUNE_FLAGS = (
 def started_from_sources(tmp_path_factory):
     """Fine-tunes from the hub module and from the model_dir of a short pretraining, one with a
     contradicting shape flag and a distillation from a teacher of other classes, all at once."""
-    source = reference_run(tmp_path_factory)  # it keeps its hub module
+    source = shared_runs(
+        tmp_path_factory,
+        {"hub_source": (*REFERENCE_FLAGS, "--train_steps=2", "--keep_hub_module_max=1")},
+    )["hub_source"]
     root = tmp_path_factory.mktemp("from_sources")
-    module = source / "hub" / str(REFERENCE_STEPS)
+    module = source / "hub" / "2"
     cases = {
         "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--keep_hub_module_max=1"),
         "from_run": (*FINETUNE_FLAGS, f"--checkpoint={source}"),
