@@ -61,3 +61,11 @@ def isolated_two_replica_strategy() -> tf.distribute.MirroredStrategy:
         _collective_key_base = next(_COLLECTIVE_KEY_BASES)
 
     return IsolatedMirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with slow (end-to-end) tests first, in their order: with ``-n 2 --dist
+    loadfile`` the longest work starts first and the quick files fill the gaps, so that no
+    worker is left running a long file alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
