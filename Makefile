@@ -10,8 +10,10 @@ PYTEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 BAZEL_TEST_ARGS ?= --test_tag_filters=-slow
 
-# `make test-fast`: the quick subset (no @pytest.mark.slow end-to-end runs).
-.PHONY: install demo test test-fast lint format fashion-mnist bazel-test clean
+# `make test`: everything but the @pytest.mark.long tests (the three phases end to end through
+# the binary included); `make test-long`: those (CI runs both); `make test-all`: every test in one
+# session; `make test-fast`: no @pytest.mark.slow binary runs at all.
+.PHONY: install demo test test-long test-all test-fast lint format fashion-mnist bazel-test clean
 
 # `make install`: the virtualenv with tf-simclr and its pinned dependencies (both commands run it).
 install: $(STAMP)
@@ -34,6 +36,14 @@ demo: $(STAMP) fashion-mnist
 	$(PY) -m tf_simclr.demo
 
 test: $(STAMP) fashion-mnist
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PYTEST) -m "not long" $(PYTEST_ARGS)
+
+test-long: $(STAMP) fashion-mnist
+	$(PYTEST) -m long $(PYTEST_ARGS)
+
+test-all: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PYTEST) $(PYTEST_ARGS)

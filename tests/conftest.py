@@ -64,8 +64,16 @@ def isolated_two_replica_strategy() -> tf.distribute.MirroredStrategy:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with slow (end-to-end) tests first, in their order: with ``-n 2 --dist
+    """Every ``long`` test is also ``slow`` (make test-fast leaves both out). The files with slow
+    (end-to-end) tests run first, in their order: with ``-n 2 --dist
     loadfile`` the longest work starts first and the quick files fill the gaps, so that no
     worker is left running a long file alone at the end."""
+    long_only = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("long") and not item.get_closest_marker("slow")
+    ]
+    if long_only:
+        raise pytest.UsageError(f"a long test must also be marked slow: {long_only}")
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)

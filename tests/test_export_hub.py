@@ -66,6 +66,7 @@ def one_training_step(path: str) -> tuple[float, float]:
     return float(loss), change
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_every_reference_format_exports_a_fine_tunable_module(tmp_path):
     network = writer.build_network(ARCHITECTURE, 1)

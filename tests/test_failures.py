@@ -214,6 +214,7 @@ def test_evaluating_a_folder_without_test_split_is_refused_at_once(refusals):
         )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_folder_without_test_split_trains_with_the_knn_monitor_off(tmp_path):
     data = write_images(tmp_path / "data", {"cats": 8, "dogs": 8})
@@ -230,6 +231,7 @@ def test_a_folder_without_test_split_trains_with_the_knn_monitor_off(tmp_path):
 # ------------------------------------------------------------------------------ NaN / Inf
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_run_that_goes_non_finite_leaves_only_finite_checkpoints(tmp_path):
     # The repro: at this learning rate the weights overflow after step 3 while the loss
@@ -248,6 +250,7 @@ def test_a_run_that_goes_non_finite_leaves_only_finite_checkpoints(tmp_path):
     assert f"the newest checkpoint, {newest}, is the last finite one" in finished.output
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_rerun_skips_a_non_finite_checkpoint_and_trains_on(tmp_path, tmp_path_factory):
     # A NaN checkpoint on top of good ones (as earlier versions wrote them): the rerun with a
@@ -267,6 +270,7 @@ def test_a_rerun_skips_a_non_finite_checkpoint_and_trains_on(tmp_path, tmp_path_
 # --------------------------------------------------------------- integrity of a model_dir
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_gives_way_and_stale_temp_folders_go(
     tmp_path, tmp_path_factory
@@ -289,6 +293,7 @@ def test_a_truncated_newest_checkpoint_gives_way_and_stale_temp_folders_go(
     assert unusable(model_dir) == {}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     model_dir = tmp_path / "run"
@@ -308,6 +313,7 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
 # ----------------------------------------------------------- a second run, Ctrl-C, eval
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_second_run_is_refused_eval_may_follow_and_ctrl_c_says_where_to_resume(tmp_path):
     model_dir = tmp_path / "run"
@@ -381,6 +387,7 @@ def can_mount_a_small_file_system() -> bool:
     return run_child(["unshare", "-rm", "true"]).returncode == 0
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tmp_path):
     if not can_mount_a_small_file_system():

@@ -191,6 +191,7 @@ TINY = (
 )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tmp_path):
     """Every row on synthetic images, two steps per run, from the released encoder

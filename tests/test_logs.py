@@ -237,6 +237,7 @@ def classify(lines: list[str]) -> list[tuple[str, re.Match]]:
     return kinds
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_pretraining_run_and_its_resumption_log_a_few_useful_lines(tmp_path):
     model_dir = tmp_path / "run"

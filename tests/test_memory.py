@@ -259,6 +259,7 @@ def _queue(prefix) -> tuple[np.ndarray, int]:
     return reader.get_tensor(QUEUE_KEY), int(reader.get_tensor(COUNT_KEY))
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_two_replicas_give_the_losses_and_queue_of_one_device(memory_runs, tmp_path_factory):
     one, two = memory_runs["memory"], memory_runs["memory_mirrored"]
@@ -295,6 +296,7 @@ def test_two_replicas_give_the_losses_and_queue_of_one_device(memory_runs, tmp_p
     assert all(abs(a - b) > 1e-2 for a, b in zip(with_memory[2:], plain[2:], strict=True))
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_resumed_run_continues_with_the_same_queue_and_losses(memory_runs, tmp_path):
     uninterrupted = memory_runs["memory"]
@@ -324,6 +326,7 @@ def test_resumed_run_continues_with_the_same_queue_and_losses(memory_runs, tmp_p
     )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_memory_network_is_exported_as_the_hub_module(memory_runs, tmp_path):
     from tf_simclr.export_hub import export_checkpoint

@@ -15,6 +15,7 @@ from binary_runs import SMALL_MODEL, assert_succeeded, read_events, run_binary
 from tf_simclr import run
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_release_folder_reproduces_the_run(tmp_path, monkeypatch):
     model_dir = tmp_path / "pretrain"

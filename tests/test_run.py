@@ -417,6 +417,7 @@ def _file_digests(directory) -> dict[str, str]:
     }
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_non_finite_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, tmp_path_factory):
     model_dir = tmp_path / "run"
@@ -458,6 +459,7 @@ def first_step_loss(model_dir) -> float:
     return events.values("train/contrast_loss")[0]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SPEED_RUNS))
 def test_speed_flags_train_with_finite_losses(speed_runs, name):
@@ -474,6 +476,7 @@ def test_speed_flags_train_with_finite_losses(speed_runs, name):
     )
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_mixed_precision_policies_and_loss_scaling(speed_runs):
     policies = {
@@ -500,6 +503,7 @@ def test_mixed_precision_policies_and_loss_scaling(speed_runs):
         assert {value.dtype.name for value in weights.values() if value.size} == {"float32"}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_jit_compile_gives_the_same_first_step_loss(speed_runs):
     assert first_step_loss(speed_runs["jit"]) == pytest.approx(

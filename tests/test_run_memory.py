@@ -77,6 +77,7 @@ def evaluations(tmp_path_factory):
     return root, before, run_all(jobs)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_eval_without_architecture_flags_takes_the_saved_config(evaluations):
     root, before, finished = evaluations
@@ -94,6 +95,7 @@ def test_eval_without_architecture_flags_takes_the_saved_config(evaluations):
     assert "train: 256 images, test: 64 images; 4 classes (" in run.output, run.tail()
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_eval_with_a_contradicting_flag_is_refused_naming_both_values(evaluations):
     root, before, finished = evaluations
@@ -107,6 +109,7 @@ def test_eval_with_a_contradicting_flag_is_refused_naming_both_values(evaluation
     assert not (model_dir / "eval").exists(), "a refused evaluation wrote events"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_eval_with_flags_that_agree_with_the_saved_config_runs(evaluations):
     # -4 selects the same head output as the saved 0 (the encoder's, of a 3-layer head).
@@ -117,6 +120,7 @@ def test_eval_with_flags_that_agree_with_the_saved_config_runs(evaluations):
     assert result["eval"]["global_step"] == REFERENCE_STEPS, result
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_resumed_run_takes_the_saved_architecture(evaluations):
     root, _, finished = evaluations
@@ -174,6 +178,7 @@ def started_from_sources(tmp_path_factory):
     return root, run_all(jobs)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["from_hub", "from_run"])
 def test_finetuning_takes_the_architecture_from_its_checkpoint(started_from_sources, name):
@@ -186,6 +191,7 @@ def test_finetuning_takes_the_architecture_from_its_checkpoint(started_from_sour
     assert read_json(root / name / "result.json")["train"]["global_step"] == 2
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_shape_flag_that_contradicts_the_checkpoint_is_refused_before_writing(
     started_from_sources,
@@ -198,6 +204,7 @@ def test_a_shape_flag_that_contradicts_the_checkpoint_is_refused_before_writing(
     assert not (root / "hub_conflict").exists(), "files were written for a refused command"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_teacher_of_other_classes_is_refused_before_writing(started_from_sources):
     root, finished = started_from_sources
@@ -208,6 +215,7 @@ def test_a_teacher_of_other_classes_is_refused_before_writing(started_from_sourc
     assert not (root / "teacher_classes").exists(), "files were written for a refused command"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_class_names_are_logged_and_written_to_classes_txt(started_from_sources):
     root, finished = started_from_sources
