@@ -12,12 +12,13 @@ test images:
   (``pretrained/fashion_mnist/hub``) when it exists, otherwise a pretraining run of the study;
 - **converged supervised baselines**: on seed 0 a budget sweep (``budget_multipliers`` x a base
   schedule, doubled again while the longest budget is the best) per label fraction; the best
-  budget (by test top-1, which can only favour the baseline) then runs for the other seeds;
-- **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2),
-  seeds paired with the supervised runs (same seed, same label subset);
+  budget (by test top-1) then runs for the other seeds;
+- **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2)
+  under the same budget rule as the baselines (both sides chosen by test top-1 on seed 0, so
+  neither is favoured), seeds paired with the supervised runs (same seed, same label subset);
 - **distillation with the labels mixed in** (eq. 4, ``distill_alpha``) from the seed-0
-  fine-tuned teachers on the 60,000 training images: a same-size student initialised from the
-  encoder and a smaller one (width 0.125) from scratch.
+  fine-tuned teachers of the base budget on the 60,000 training images: a same-size student
+  initialised from the encoder and a smaller one (width 0.125) from scratch.
 
 The study spans sessions: every finished run writes ``<record_dir>/<name>.json`` and the
 teachers' hub modules go to ``<record_dir>/modules/``; both are meant to be committed, and a
@@ -48,14 +49,15 @@ RELEASED_ENCODER = os.path.join(REPO_ROOT, "pretrained", "fashion_mnist", "hub")
 RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "label_efficiency")
 FRACTIONS = (0.01, 0.1, 1.0)
 SEMI_SUPERVISED = (0.01, 0.1)
-# Base schedules in epochs over the labeled subset; the supervised sweep multiplies them.
+# Base schedules in epochs over the labeled subset; the budget sweeps multiply them.
 SUPERVISED_BASE_EPOCHS = {0.01: 100, 0.1: 25, 1.0: 25}
 FINETUNE_EPOCHS = {0.01: 60, 0.1: 20}
+SWEPT_METHODS = {"supervised": SUPERVISED_BASE_EPOCHS, "finetune": FINETUNE_EPOCHS}
 STUDENT_WIDTH = 0.125
 PROBE_ENCODERS = ("pixels", "random", "simclr")
 METHODS = {
     "supervised": "supervised only (best budget of the sweep)",
-    "finetune": "SimCLRv2 fine-tuned (proj_head_1)",
+    "finetune": "SimCLRv2 fine-tuned (proj_head_1, best budget of the sweep)",
     "self_distill": "SimCLRv2 self-distilled (same size, labels mixed in)",
     "distill_small": f"SimCLRv2 distilled into width {STUDENT_WIDTH} (labels mixed in)",
 }
@@ -104,33 +106,41 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
 
-def supervised_run(fraction: float, seed: int, multiplier: float, name: str) -> Run:
-    epochs = SUPERVISED_BASE_EPOCHS[fraction] * multiplier
-    return Run(
-        name,
-        "supervised",
-        fraction,
-        seed,
-        (
+def budget_run(
+    settings: StudySettings, method: str, fraction: float, seed: int, multiplier: float, name: str
+) -> Run:
+    """A supervised or fine-tuning run of ``multiplier`` x its method's base schedule."""
+    epochs = SWEPT_METHODS[method][fraction] * multiplier
+    if method == "supervised":
+        flags = (
             f"--flagfile=flags/fashion_mnist/supervised_{percent(fraction)}.flags",
             f"--seed={seed}",
             f"--train_epochs={epochs:g}",
             f"--checkpoint_epochs={epochs / 4:g}",
-        ),
-        multiplier,
-    )
+        )
+    else:
+        flags = (
+            f"--flagfile=flags/fashion_mnist/finetune_{percent(fraction)}.flags",
+            f"--checkpoint={settings.encoder_source}",
+            f"--seed={seed}",
+            f"--train_epochs={epochs:g}",
+            f"--checkpoint_epochs={epochs:g}",
+        )
+    return Run(name, method, fraction, seed, flags, multiplier)
 
 
-def fraction_sweep(settings: StudySettings, records: dict[str, dict], fraction: float) -> list[Run]:
-    """The supervised budget sweep of one fraction on the first seed: ``budget_multipliers``,
-    extended by doubling while the best recorded budget is the largest one (a baseline still
+def fraction_sweep(
+    settings: StudySettings, records: dict[str, dict], fraction: float, method: str = "supervised"
+) -> list[Run]:
+    """The budget sweep of ``method`` on one fraction and the first seed: ``budget_multipliers``,
+    extended by doubling while the best recorded budget is the largest one (a run still
     improving at its largest budget is not converged), up to ``max_budget_multiplier``."""
     seed = settings.seeds[0]
     multipliers = list(settings.budget_multipliers)
     while True:
+        name = f"{method}_{percent(fraction)}_x{{:g}}_seed{seed}"
         runs = [
-            supervised_run(fraction, seed, m, f"supervised_{percent(fraction)}_x{m:g}_seed{seed}")
-            for m in multipliers
+            budget_run(settings, method, fraction, seed, m, name.format(m)) for m in multipliers
         ]
         recorded = [records.get(run.name) for run in runs]
         longest = multipliers[-1]
@@ -141,13 +151,28 @@ def fraction_sweep(settings: StudySettings, records: dict[str, dict], fraction: 
         multipliers.append(longest * 2)
 
 
-def best_multiplier(records: dict[str, dict], settings: StudySettings, fraction: float):
-    """The sweep's best budget for ``fraction`` (ties go to the smaller budget), or None while
-    a run of that fraction's sweep is missing."""
-    sweep = [records.get(run.name) for run in fraction_sweep(settings, records, fraction)]
+def best_multiplier(
+    records: dict[str, dict], settings: StudySettings, fraction: float, method: str = "supervised"
+):
+    """The sweep's best budget for ``method`` on ``fraction`` (ties go to the smaller budget), or
+    None while a run of that sweep is missing."""
+    sweep = [records.get(run.name) for run in fraction_sweep(settings, records, fraction, method)]
     if None in sweep:
         return None
     return best_of_sweep(sweep)["multiplier"]
+
+
+def swept_runs(
+    settings: StudySettings, records: dict[str, dict], method: str, fraction: float
+) -> list[Run]:
+    """The sweep, then (once it has finished) the other seeds at its best budget."""
+    runs = fraction_sweep(settings, records, fraction, method)
+    multiplier = best_multiplier(records, settings, fraction, method)
+    if multiplier is not None:
+        for seed in settings.seeds[1:]:
+            name = f"{method}_{percent(fraction)}_seed{seed}"
+            runs.append(budget_run(settings, method, fraction, seed, multiplier, name))
+    return runs
 
 
 def best_of_sweep(sweep: list[dict]) -> dict:
@@ -180,23 +205,8 @@ def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
             )
         )
     runs += [Run(f"probe_{encoder}", "probe", 1.0, 0, ()) for encoder in PROBE_ENCODERS]
-    for seed in settings.seeds:
-        for fraction, epochs in FINETUNE_EPOCHS.items():
-            runs.append(
-                Run(
-                    f"finetune_{percent(fraction)}_seed{seed}",
-                    "finetune",
-                    fraction,
-                    seed,
-                    (
-                        f"--flagfile=flags/fashion_mnist/finetune_{percent(fraction)}.flags",
-                        f"--checkpoint={settings.encoder_source}",
-                        f"--seed={seed}",
-                        f"--train_epochs={epochs:g}",
-                        f"--checkpoint_epochs={epochs:g}",
-                    ),
-                )
-            )
+    for fraction in FINETUNE_EPOCHS:
+        runs += swept_runs(settings, records, "finetune", fraction)
     for fraction in SEMI_SUPERVISED:
         distill = (
             "--flagfile=flags/fashion_mnist/distill.flags",
@@ -226,13 +236,7 @@ def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
             )
         )
     for fraction in FRACTIONS:  # the cheap fractions' seeds before the costly 100% sweep
-        runs += fraction_sweep(settings, records, fraction)
-        multiplier = best_multiplier(records, settings, fraction)
-        if multiplier is None:
-            continue
-        for seed in settings.seeds[1:]:
-            name = f"supervised_{percent(fraction)}_seed{seed}"
-            runs.append(supervised_run(fraction, seed, multiplier, name))
+        runs += swept_runs(settings, records, "supervised", fraction)
     return runs
 
 
@@ -271,7 +275,11 @@ def execute(run: Run, settings: StudySettings) -> dict:
         record["seconds"] = time.time() - started
         return record
     model_dir = os.path.join(settings.run_dir, run.name)
-    teacher = run.method == "finetune" and run.seed == settings.seeds[0]
+    teacher = (
+        run.method == "finetune"
+        and run.seed == settings.seeds[0]
+        and run.multiplier == settings.budget_multipliers[0]
+    )
     # Only the distillation teachers' modules are kept; exporting the others costs time for nothing.
     flags = (*run.flags, f"--keep_hub_module_max={int(teacher)}", *settings.extra_flags)
     seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
@@ -428,14 +436,19 @@ def probe(encoder: str, settings: StudySettings) -> dict:
 
 def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
     """Mean, sample standard deviation (ddof=1; 0 for one seed), count and summed wall time of
-    the top-1 accuracies of each (method, label fraction). Supervised sweep runs count only as
-    their fraction's best budget on the first seed."""
+    the top-1 accuracies of each (method, label fraction). Sweep runs count only as their
+    sweep's best budget on the first seed."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for record in records:
         if record["method"] in ("probe", "pretrain"):
             continue
         if _is_sweep(record):
-            sweep = [r for r in records if _is_sweep(r) and r["fraction"] == record["fraction"]]
+            sweep = [
+                r
+                for r in records
+                if _is_sweep(r)
+                and (r["method"], r["fraction"]) == (record["method"], record["fraction"])
+            ]
             if record is not best_of_sweep(sweep):
                 continue
         groups.setdefault((record["method"], record["fraction"]), []).append(record)
@@ -454,7 +467,7 @@ def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
 
 
 def _is_sweep(record: dict) -> bool:
-    return record["method"] == "supervised" and "_x" in record["name"]
+    return record["method"] in SWEPT_METHODS and "_x" in record["name"]
 
 
 def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | None, str]]:
@@ -538,11 +551,20 @@ def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | No
 
 
 def markdown_table(records: list[dict], settings: StudySettings) -> str:
-    """The reference and encoder rows, the label-efficiency rows, the sweep and the targets.
-    A supervised cell whose sweep has not finished is marked, and no target uses it."""
+    """The reference and encoder rows, the label-efficiency rows, the sweeps and the targets.
+    A cell whose budget sweep has not finished is marked, and no target uses it."""
     summary = summarize(records)
     by_name = {record["name"]: record for record in records}
-    unfinished = {f for f in FRACTIONS if best_multiplier(by_name, settings, f) is None}
+    sweeps = {
+        (method, fraction): fraction_sweep(settings, by_name, fraction, method)
+        for method, base in SWEPT_METHODS.items()
+        for fraction in base
+    }
+    unfinished = {
+        (method, fraction)
+        for method, fraction in sweeps
+        if best_multiplier(by_name, settings, fraction, method) is None
+    }
     probes = {r["name"].removeprefix("probe_"): r for r in records if r["method"] == "probe"}
     lines = [
         "| features (fixed) | kNN | linear 1% | linear 10% | linear 100% |",
@@ -564,30 +586,23 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
                 continue
             seconds += entry["seconds"]
             spread = f" ± {entry['std']:.4f}" if entry["count"] > 1 else ""
-            running = (
-                " (sweep not finished)" if method == "supervised" and fraction in unfinished else ""
-            )
+            running = " (sweep not finished)" if (method, fraction) in unfinished else ""
             cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']}){running}")
         lines.append(f"| {label} | {' | '.join(cells)} | {seconds / 60:.1f} min |")
-    lines += ["", "Supervised budget sweep (seed 0, epochs over the labeled subset):", ""]
-    sweeps = {fraction: fraction_sweep(settings, by_name, fraction) for fraction in FRACTIONS}
     columns = max(len(sweep) for sweep in sweeps.values())
     multipliers = [run.multiplier for run in max(sweeps.values(), key=len)]
-    lines += ["| labels | " + " | ".join(f"{m:g}x" for m in multipliers) + " |"]
-    lines.append("|---|" + "---:|" * columns)
-    for fraction, sweep in sweeps.items():
+    lines += ["", "Budget sweeps (seed 0; epochs over the labeled subset):", ""]
+    lines += ["| method | labels | " + " | ".join(f"{m:g}x" for m in multipliers) + " |"]
+    lines.append("|---|---|" + "---:|" * columns)
+    for (method, fraction), sweep in sweeps.items():
         cells = []
         for run in sweep:
             record = by_name.get(run.name)
-            epochs = SUPERVISED_BASE_EPOCHS[fraction] * run.multiplier
+            epochs = SWEPT_METHODS[method][fraction] * run.multiplier
             cells.append(f"{record['top_1']:.4f} ({epochs:g} ep)" if record else "")
         cells += [""] * (columns - len(cells))
-        lines.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
-    converged = {
-        key: value
-        for key, value in summary.items()
-        if key[0] != "supervised" or key[1] not in unfinished
-    }
+        lines.append(f"| {method} | {fraction:.0%} | " + " | ".join(cells) + " |")
+    converged = {key: value for key, value in summary.items() if key not in unfinished}
     lines += ["", "| target | status | measured |", "|---|---|---|"]
     for text, met, evidence in targets(converged, probes):
         status = "not run" if met is None else "**met**" if met else "**missed**"

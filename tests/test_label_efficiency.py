@@ -15,13 +15,15 @@ import pytest
 from binary_runs import REPO_ROOT, run_child
 
 
-def _sweep_records(settings, fraction, accuracies, records=None):
-    """Records for the first ``len(accuracies)`` runs of ``fraction``'s sweep, planned as the
-    study plans it (it grows as records arrive)."""
+def _sweep_records(settings, fraction, accuracies, records=None, method="supervised"):
+    """Records for the first ``len(accuracies)`` runs of ``method``'s sweep on ``fraction``,
+    planned as the study plans it (it grows as records arrive)."""
     records = dict(records or {})
     for accuracy in accuracies:
         run = next(
-            r for r in study.fraction_sweep(settings, records, fraction) if r.name not in records
+            r
+            for r in study.fraction_sweep(settings, records, fraction, method)
+            if r.name not in records
         )
         records[run.name] = {**study.dataclasses.asdict(run), "top_1": accuracy, "seconds": 1.0}
     return records
@@ -85,6 +87,29 @@ def test_a_sweep_whose_longest_budget_wins_is_doubled_until_it_stops_improving()
     assert "| 1x | 2x | 4x | 8x |" in table and "0.8050 (800 ep)" in table
 
 
+def test_fine_tuning_gets_the_budget_rule_of_the_baselines():
+    settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2), encoder="/released/hub")
+    sweep = study.fraction_sweep(settings, {}, 0.1, "finetune")
+    assert [run.name for run in sweep] == [f"finetune_10pct_x{m}_seed0" for m in (1, 2, 4)]
+    for run in sweep:
+        epochs = run.multiplier * study.FINETUNE_EPOCHS[0.1]
+        assert f"--train_epochs={epochs:g}" in run.flags
+        assert "--checkpoint=/released/hub" in run.flags
+    records = _sweep_records(settings, 0.1, [0.89, 0.90, 0.91], method="finetune")
+    assert study.best_multiplier(records, settings, 0.1, "finetune") is None  # 4x wins: 8x next
+    records = _sweep_records(settings, 0.1, [0.905], records, method="finetune")
+    assert study.best_multiplier(records, settings, 0.1, "finetune") == 4
+    planned = {run.name: run for run in study.plan(settings, records)}
+    assert planned["finetune_10pct_seed2"].multiplier == 4
+    assert "--seed=2" in planned["finetune_10pct_seed2"].flags
+    assert "finetune_1pct_seed1" not in planned  # the 1% sweep has not run
+    # Only the best budget counts, and the distillation teachers stay the base-budget runs.
+    summary = study.summarize(list(records.values()))
+    assert summary[("finetune", 0.1)]["mean"] == 0.91 and summary[("finetune", 0.1)]["count"] == 1
+    table = study.markdown_table(list(records.values()), settings)
+    assert "| finetune | 10% | 0.8900 (20 ep) | 0.9000 (40 ep) | 0.9100 (80 ep) | 0.9050" in table
+
+
 def test_plan_pairs_seeds_and_orders_dependencies():
     settings = study.StudySettings(run_dir="/study", record_dir="/records", seeds=(0, 1, 2))
     runs = study.plan(settings, {})
@@ -97,12 +122,13 @@ def test_plan_pairs_seeds_and_orders_dependencies():
     assert len(by_method["finetune"]) == 6 and len(by_method["probe"]) == 3
     for run in by_method["finetune"]:
         assert "--checkpoint=/study/pretrain" in run.flags
-        twin = f"supervised_{study.percent(run.fraction)}_x1_seed0"
+        twin = f"supervised_{study.percent(run.fraction)}_x{run.multiplier:g}_seed0"
         assert twin in names
     for run in by_method["self_distill"] + by_method["distill_small"]:
         teacher = next(f for f in run.flags if f.startswith("--teacher="))
         assert teacher == f"--teacher=/records/modules/finetune_{study.percent(run.fraction)}_seed0"
-        assert names.index(f"finetune_{study.percent(run.fraction)}_seed0") < names.index(run.name)
+        base_budget = f"finetune_{study.percent(run.fraction)}_x1_seed0"
+        assert names.index(base_budget) < names.index(run.name)
         assert f"--distill_alpha={settings.distill_alpha:g}" in run.flags
     small = by_method["distill_small"]
     assert all(f"--width_multiplier={study.STUDENT_WIDTH:g}" in run.flags for run in small)
