@@ -470,8 +470,11 @@ def _is_sweep(record: dict) -> bool:
     return record["method"] in SWEPT_METHODS and "_x" in record["name"]
 
 
-def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets: ``(target, met or None when not measured yet, evidence)``."""
+def targets(
+    summary: dict, probes: dict[str, dict], teachers: dict[float, float]
+) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets: ``(target, met or None when not measured yet, evidence)``.
+    ``teachers``: the top-1 of each fraction's distillation teacher."""
     rows: list[tuple[str, bool | None, str]] = []
     simclr, pixels = probes.get("simclr"), probes.get("pixels")
     if simclr and pixels:
@@ -534,9 +537,9 @@ def targets(summary: dict, probes: dict[str, dict]) -> list[tuple[str, bool | No
         rows.append(("moonshot: 10% + distillation reaches supervised 100%", None, "not run"))
     kept = []
     for fraction in SEMI_SUPERVISED:
-        student, teacher = entry("distill_small", fraction), entry("finetune", fraction)
+        student, teacher = entry("distill_small", fraction), teachers.get(fraction)
         if student and teacher:
-            kept.append(student["mean"] / teacher["mean"])
+            kept.append(student["mean"] / teacher)
     if kept:
         rows.append(
             (
@@ -604,7 +607,13 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         lines.append(f"| {method} | {fraction:.0%} | " + " | ".join(cells) + " |")
     converged = {key: value for key, value in summary.items() if key not in unfinished}
     lines += ["", "| target | status | measured |", "|---|---|---|"]
-    for text, met, evidence in targets(converged, probes):
+    first, base = settings.seeds[0], settings.budget_multipliers[0]
+    teachers = {
+        fraction: by_name[name]["top_1"]
+        for fraction in SEMI_SUPERVISED
+        if (name := f"finetune_{percent(fraction)}_x{base:g}_seed{first}") in by_name
+    }
+    for text, met, evidence in targets(converged, probes, teachers):
         status = "not run" if met is None else "**met**" if met else "**missed**"
         lines.append(f"| {text} | {status} | {evidence} |")
     encoder = (
@@ -664,27 +673,33 @@ def plot(records: list[dict], path: str) -> None:
     pyplot.close(figure)
 
 
+def current_records(settings: StudySettings) -> tuple[list[dict], list[Run]]:
+    """The recorded runs of the plan whose records are current (in plan order), and the runs
+    still to do (missing or stale records)."""
+    records = read_records(settings)
+    encoder = encoder_fingerprint(settings)
+    done, pending = [], []
+    for run in plan(settings, records):
+        current = records.get(run.name, {}).get("inputs") == inputs_of(run, settings, encoder)
+        (done if current else pending).append(records[run.name] if current else run)
+    return done, pending
+
+
 def run_study(settings: StudySettings) -> list[dict]:
     """Run every run whose record is missing or stale (the plan grows as sweeps finish);
     return all records."""
-    records = read_records(settings)
     encoder = encoder_fingerprint(settings)
-
-    def current(run: Run) -> bool:
-        return records.get(run.name, {}).get("inputs") == inputs_of(run, settings, encoder)
-
     while True:
-        pending = [run for run in plan(settings, records) if not current(run)]
+        _, pending = current_records(settings)
         if not pending:
             break
         run = pending[0]
-        if run.name in records:
+        if os.path.exists(os.path.join(settings.record_dir, f"{run.name}.json")):
             print(f"\n{run.name}: its record is stale (flags or encoder changed); rerunning")
         record = execute(run, settings)
         record["inputs"] = inputs_of(run, settings, encoder)
-        records[run.name] = write_record(record, settings)
-    names = [run.name for run in plan(settings, records)]
-    return [records[name] for name in names]
+        write_record(record, settings)
+    return current_records(settings)[0]
 
 
 def main() -> None:
@@ -713,6 +728,11 @@ def main() -> None:
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
     parser.add_argument("--table", default="", help="Markdown output (default: in record_dir).")
     parser.add_argument("--plot", default="", help="PNG output (default: in record_dir).")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Write the table and the plot of the current records; run nothing.",
+    )
     args = parser.parse_args()
     settings = StudySettings(
         run_dir=os.path.abspath(args.run_dir),
@@ -727,7 +747,11 @@ def main() -> None:
         extra_flags=tuple(shlex.split(args.extra_flags)),
     )
     started = time.time()
-    records = run_study(settings)
+    if args.report_only:
+        records, pending = current_records(settings)
+        print(f"{len(pending)} planned runs not recorded yet: {[run.name for run in pending]}")
+    else:
+        records = run_study(settings)
     table = markdown_table(records, settings)
     total = sum(record["seconds"] for record in records)
     table += f"Total wall time of the runs: {total / 60:.1f} min.\n"

@@ -201,13 +201,16 @@ def test_targets_are_met_or_missed_by_their_definitions():
         ("distill_small", 0.01): _entry(0.82, 0.82, 0.82),
         ("distill_small", 0.1): _entry(0.87, 0.87, 0.87),
     }
-    rows = study.targets(summary, probes)
+    teachers = {0.01: 0.85, 0.1: 0.90}  # the base-budget seed-0 fine-tunes
+    rows = study.targets(summary, probes, teachers)
     # Linear 0.87 < 0.88; +4 points with 0.84 > 0.835; 0.91 > 0.89; 0.91 < 0.94; the small
     # students keep 0.82 / 0.85 = 96.5% and 0.87 / 0.90 = 96.7%.
     assert [ok for _, ok, _ in rows] == [False, True, True, False, True]
+    assert rows[-1][2] == "96.5%, 96.7%"
+    assert study.targets(summary, probes, {0.01: 0.85, 0.1: 0.92})[-1][1] is False  # 94.6%
     summary[("supervised", 0.01)] = _entry(0.83, 0.80, 0.845)  # overlapping, +2 points
-    assert study.targets(summary, probes)[1][1] is False
-    assert all(ok is None for _, ok, _ in study.targets({}, {}))
+    assert study.targets(summary, probes, teachers)[1][1] is False
+    assert all(ok is None for _, ok, _ in study.targets({}, {}, {}))
 
 
 TINY = (
@@ -274,3 +277,10 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
     (records_dir / "distill_small_10pct.json").unlink()
     rerun = run_study()
     assert rerun.count("\n=== ") == 1 and "=== distill_small_10pct:" in rerun
+    # --report_only writes the same table from the records alone.
+    written = (tmp_path / "table.md").read_text()
+    (tmp_path / "table.md").unlink()
+    command.append("--report_only")
+    report = run_study()
+    assert "\n=== " not in report and "0 planned runs not recorded yet" in report
+    assert (tmp_path / "table.md").read_text() == written
