@@ -257,6 +257,10 @@ class TrainFunction:
     Calling it runs the steps and returns the mean over them of every scalar that ``compute``
     returned (each averaged over the replicas). The names are those of ``compute``'s scalars,
     read when the function is traced: a phase lists its metrics in one place, its compute.
+
+    Traced without AutoGraph (the loop is an explicit ``tf.while_loop``), like every function
+    that traces the model: nothing the step calls branches on tensors in Python, and converting
+    it all cost a fifth of a short run's CPU time (BENCHMARKS.md, "The test suite").
     """
 
     def __init__(
