@@ -106,6 +106,10 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
 
+def sweep_run_name(method: str, fraction: float, multiplier: float, seed: int) -> str:
+    return f"{method}_{percent(fraction)}_x{multiplier:g}_seed{seed}"
+
+
 def budget_run(
     settings: StudySettings, method: str, fraction: float, seed: int, multiplier: float, name: str
 ) -> Run:
@@ -138,10 +142,8 @@ def fraction_sweep(
     seed = settings.seeds[0]
     multipliers = list(settings.budget_multipliers)
     while True:
-        name = f"{method}_{percent(fraction)}_x{{:g}}_seed{seed}"
-        runs = [
-            budget_run(settings, method, fraction, seed, m, name.format(m)) for m in multipliers
-        ]
+        names = {m: sweep_run_name(method, fraction, m, seed) for m in multipliers}
+        runs = [budget_run(settings, method, fraction, seed, m, names[m]) for m in multipliers]
         recorded = [records.get(run.name) for run in runs]
         longest = multipliers[-1]
         if None in recorded or longest * 2 > settings.max_budget_multiplier:
@@ -611,7 +613,7 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
     teachers = {
         fraction: by_name[name]["top_1"]
         for fraction in SEMI_SUPERVISED
-        if (name := f"finetune_{percent(fraction)}_x{base:g}_seed{first}") in by_name
+        if (name := sweep_run_name("finetune", fraction, base, first)) in by_name
     }
     for text, met, evidence in targets(converged, probes, teachers):
         status = "not run" if met is None else "**met**" if met else "**missed**"
@@ -673,11 +675,10 @@ def plot(records: list[dict], path: str) -> None:
     pyplot.close(figure)
 
 
-def current_records(settings: StudySettings) -> tuple[list[dict], list[Run]]:
-    """The recorded runs of the plan whose records are current (in plan order), and the runs
-    still to do (missing or stale records)."""
+def current_records(settings: StudySettings, encoder: str) -> tuple[list[dict], list[Run]]:
+    """The recorded runs of the plan whose records are current for the ``encoder`` fingerprint
+    (in plan order), and the runs still to do (missing or stale records)."""
     records = read_records(settings)
-    encoder = encoder_fingerprint(settings)
     done, pending = [], []
     for run in plan(settings, records):
         current = records.get(run.name, {}).get("inputs") == inputs_of(run, settings, encoder)
@@ -690,7 +691,7 @@ def run_study(settings: StudySettings) -> list[dict]:
     return all records."""
     encoder = encoder_fingerprint(settings)
     while True:
-        _, pending = current_records(settings)
+        _, pending = current_records(settings, encoder)
         if not pending:
             break
         run = pending[0]
@@ -699,7 +700,7 @@ def run_study(settings: StudySettings) -> list[dict]:
         record = execute(run, settings)
         record["inputs"] = inputs_of(run, settings, encoder)
         write_record(record, settings)
-    return current_records(settings)[0]
+    return current_records(settings, encoder)[0]
 
 
 def main() -> None:
@@ -748,7 +749,7 @@ def main() -> None:
     )
     started = time.time()
     if args.report_only:
-        records, pending = current_records(settings)
+        records, pending = current_records(settings, encoder_fingerprint(settings))
         print(f"{len(pending)} planned runs not recorded yet: {[run.name for run in pending]}")
     else:
         records = run_study(settings)
