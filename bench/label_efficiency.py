@@ -16,15 +16,18 @@ test images:
 - **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2)
   under the same budget rule as the baselines (both sides chosen by test top-1 on seed 0, so
   neither is favoured), seeds paired with the supervised runs (same seed, same label subset);
-- **distillation with the labels mixed in** (eq. 4, ``distill_alpha``) from the seed-0
-  fine-tuned teachers of the base budget on the 60,000 training images: a same-size student
-  initialised from the encoder and a smaller one (width 0.125) from scratch.
+- **distillation with the labels mixed in** (eq. 4, ``distill_alpha``) on the 60,000 training
+  images from the seed-0 fine-tune at its sweep's best budget (the best teacher the study has):
+  a same-size student initialised from the encoder and a smaller one (width 0.125) from
+  scratch, each for every seed (the student's seed and label subset; the teacher stays).
 
 The study spans sessions: every finished run writes ``<record_dir>/<name>.json`` and the
-teachers' hub modules go to ``<record_dir>/modules/``; both are meant to be committed, and a
-recorded run is skipped. Scratch model_dirs go to ``run_dir``; an interrupted run resumes from
-its own checkpoints. At the end: ``results.json``, a Markdown table with every target marked met
-or missed, and a PNG plot.
+teachers' hub modules go to ``<record_dir>/modules/<teacher run>/``; both are meant to be
+committed, and a recorded run is skipped unless its inputs changed: its expanded flags (the
+flagfiles' contents, not their names), the encoder, and for a student its teacher's inputs.
+Scratch model_dirs go to ``run_dir``; an interrupted run resumes from its own checkpoints. At
+the end: ``results.json``, a Markdown table with every target marked met or missed, and a PNG
+plot.
 
     .venv/bin/python bench/label_efficiency.py                     # the whole study, resumable
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
@@ -43,6 +46,8 @@ import time
 
 import numpy as np
 from child_run import run_tf_simclr
+
+from tf_simclr.flagfiles import FLAGFILE_PREFIXES, expand_flagfiles
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED_ENCODER = os.path.join(REPO_ROOT, "pretrained", "fashion_mnist", "hub")
@@ -100,6 +105,7 @@ class Run:
     seed: int
     flags: tuple[str, ...]
     multiplier: float = 0.0
+    teacher: str = ""
 
 
 def percent(fraction: float) -> str:
@@ -183,15 +189,52 @@ def best_of_sweep(sweep: list[dict]) -> dict:
     return max(sweep, key=lambda record: (record["top_1"], -record["multiplier"]))
 
 
-def teacher_module(settings: StudySettings, fraction: float) -> str:
-    return os.path.join(
-        settings.record_dir, "modules", f"finetune_{percent(fraction)}_seed{settings.seeds[0]}"
-    )
+def teacher_name(settings: StudySettings, records: dict[str, dict], fraction: float) -> str | None:
+    """The distillation teacher of ``fraction``: the first seed's fine-tune at the best budget of
+    its sweep, or None while that sweep runs."""
+    multiplier = best_multiplier(records, settings, fraction, "finetune")
+    if multiplier is None:
+        return None
+    return sweep_run_name("finetune", fraction, multiplier, settings.seeds[0])
+
+
+def teacher_module(settings: StudySettings, name: str) -> str:
+    return os.path.join(settings.record_dir, "modules", name)
+
+
+def distill_runs(
+    settings: StudySettings, records: dict[str, dict], seeds: tuple[int, ...]
+) -> list[Run]:
+    """The same-size and the small student of each fraction for ``seeds``, once the fraction's
+    teacher is known."""
+    runs = []
+    for fraction in SEMI_SUPERVISED:
+        teacher = teacher_name(settings, records, fraction)
+        if teacher is None:
+            continue
+        for seed in seeds:
+            distill = (
+                "--flagfile=flags/fashion_mnist/distill.flags",
+                f"--teacher={teacher_module(settings, teacher)}",
+                f"--label_fraction={fraction:g}",
+                f"--seed={seed}",
+                f"--distill_alpha={settings.distill_alpha:g}",
+                f"--train_epochs={settings.distill_epochs:g}",
+                f"--checkpoint_epochs={settings.distill_epochs / 5:g}",
+            )
+            students = {
+                "self_distill": f"--checkpoint={settings.encoder_source}",
+                "distill_small": f"--width_multiplier={STUDENT_WIDTH:g}",
+            }
+            for method, student in students.items():
+                name = f"{method}_{percent(fraction)}_seed{seed}"
+                runs.append(Run(name, method, fraction, seed, (*distill, student), 0.0, teacher))
+    return runs
 
 
 def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
-    """Every run known so far, in an order that satisfies dependencies; the supervised runs of
-    the later seeds appear once their fraction's sweep is recorded."""
+    """Every run known so far, in an order that satisfies dependencies; the runs of the later
+    seeds appear once their fraction's sweep is recorded, the students once their teacher is."""
     runs = []
     if not settings.encoder:
         runs.append(
@@ -209,36 +252,11 @@ def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
     runs += [Run(f"probe_{encoder}", "probe", 1.0, 0, ()) for encoder in PROBE_ENCODERS]
     for fraction in FINETUNE_EPOCHS:
         runs += swept_runs(settings, records, "finetune", fraction)
+    runs += distill_runs(settings, records, settings.seeds[:1])
     for fraction in SEMI_SUPERVISED:
-        distill = (
-            "--flagfile=flags/fashion_mnist/distill.flags",
-            f"--teacher={teacher_module(settings, fraction)}",
-            f"--label_fraction={fraction:g}",
-            f"--seed={settings.seeds[0]}",
-            f"--distill_alpha={settings.distill_alpha:g}",
-            f"--train_epochs={settings.distill_epochs:g}",
-            f"--checkpoint_epochs={settings.distill_epochs / 5:g}",
-        )
-        runs.append(
-            Run(
-                f"self_distill_{percent(fraction)}",
-                "self_distill",
-                fraction,
-                settings.seeds[0],
-                (*distill, f"--checkpoint={settings.encoder_source}"),
-            )
-        )
-        runs.append(
-            Run(
-                f"distill_small_{percent(fraction)}",
-                "distill_small",
-                fraction,
-                settings.seeds[0],
-                (*distill, f"--width_multiplier={STUDENT_WIDTH:g}"),
-            )
-        )
-    for fraction in FRACTIONS:  # the cheap fractions' seeds before the costly 100% sweep
         runs += swept_runs(settings, records, "supervised", fraction)
+    runs += distill_runs(settings, records, settings.seeds[1:])
+    runs += swept_runs(settings, records, "supervised", 1.0)  # the costliest runs last
     return runs
 
 
@@ -261,11 +279,25 @@ def encoder_fingerprint(settings: StudySettings) -> str:
     return digest.hexdigest()[:16]
 
 
-def inputs_of(run: Run, settings: StudySettings, encoder: str) -> str:
-    """A key of everything a run's result depends on: its flags, the flags added to every
-    run, and the encoder for the runs that start from it. A record with another key is stale."""
+def expanded_flags(flags: tuple[str, ...]) -> list[str]:
+    """``flags`` with each flagfile (relative to the repository, as the runs see it) replaced by
+    the flags it holds: what a run is actually given."""
+    rooted = []
+    for flag in flags:
+        prefix = next((p for p in FLAGFILE_PREFIXES if flag.startswith(p)), None)
+        if prefix is not None:
+            flag = prefix + os.path.join(REPO_ROOT, flag[len(prefix) :])
+        rooted.append(flag)
+    return expand_flagfiles(rooted)
+
+
+def inputs_of(run: Run, settings: StudySettings, encoder: str, records: dict[str, dict]) -> str:
+    """A key of everything a run's result depends on: its expanded flags, the flags added to
+    every run, the encoder for the runs that start from it, and a student's teacher's key. A
+    record with another key is stale."""
     depends = run.method in ENCODER_DEPENDENT or run.name == "probe_simclr"
-    payload = [run.flags, settings.extra_flags, encoder if depends else ""]
+    teacher = records.get(run.teacher, {}).get("inputs", "") if run.teacher else ""
+    payload = [expanded_flags(run.flags), settings.extra_flags, encoder if depends else "", teacher]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
@@ -277,13 +309,10 @@ def execute(run: Run, settings: StudySettings) -> dict:
         record["seconds"] = time.time() - started
         return record
     model_dir = os.path.join(settings.run_dir, run.name)
-    teacher = (
-        run.method == "finetune"
-        and run.seed == settings.seeds[0]
-        and run.multiplier == settings.budget_multipliers[0]
-    )
-    # Only the distillation teachers' modules are kept; exporting the others costs time for nothing.
-    flags = (*run.flags, f"--keep_hub_module_max={int(teacher)}", *settings.extra_flags)
+    # Only the runs that may become a teacher (the first seed's fine-tuning sweep) export their
+    # module; exporting the others costs time for nothing.
+    candidate = run.method == "finetune" and run.seed == settings.seeds[0] and run.multiplier > 0
+    flags = (*run.flags, f"--keep_hub_module_max={int(candidate)}", *settings.extra_flags)
     seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
@@ -295,18 +324,33 @@ def execute(run: Run, settings: StudySettings) -> dict:
         "images_per_second": result["train"].get("images_per_second"),
         "command": command,
     }
-    if teacher:
-        keep_module(model_dir, teacher_module(settings, run.fraction))
     print(f"    top-1 {record['top_1']:.4f} in {record['seconds']:.0f} s", flush=True)
     return record
 
 
-def keep_module(model_dir: str, destination: str) -> None:
-    """Copy the run's newest hub module to ``destination`` (a teacher the study needs later)."""
-    hub_dir = os.path.join(model_dir, "hub")
-    newest = max(os.listdir(hub_dir), key=int)
-    shutil.rmtree(destination, ignore_errors=True)
-    shutil.copytree(os.path.join(hub_dir, newest), destination)
+def install_teachers(settings: StudySettings, records: dict[str, dict]) -> None:
+    """Copy each known teacher's newest hub module from its model_dir to
+    ``<record_dir>/modules/<teacher>`` (committed with the records, so a fresh machine has it),
+    and drop the modules of that fraction's former teachers."""
+    modules = os.path.join(settings.record_dir, "modules")
+    for fraction in SEMI_SUPERVISED:
+        name = teacher_name(settings, records, fraction)
+        if name is None:
+            continue
+        destination = teacher_module(settings, name)
+        if not os.path.isdir(destination):
+            hub_dir = os.path.join(settings.run_dir, name, "hub")
+            if not os.path.isdir(hub_dir):
+                raise FileNotFoundError(
+                    f"the teacher {name} has a record but no module in {destination} or "
+                    f"{hub_dir}; delete {name}.json from {settings.record_dir} to rerun it"
+                )
+            newest = max(os.listdir(hub_dir), key=int)
+            shutil.copytree(os.path.join(hub_dir, newest), destination)
+        former = f"finetune_{percent(fraction)}_"
+        for other in os.listdir(modules):
+            if other.startswith(former) and other != name:
+                shutil.rmtree(os.path.join(modules, other))
 
 
 def write_record(record: dict, settings: StudySettings) -> dict:
@@ -609,11 +653,10 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         lines.append(f"| {method} | {fraction:.0%} | " + " | ".join(cells) + " |")
     converged = {key: value for key, value in summary.items() if key not in unfinished}
     lines += ["", "| target | status | measured |", "|---|---|---|"]
-    first, base = settings.seeds[0], settings.budget_multipliers[0]
     teachers = {
         fraction: by_name[name]["top_1"]
         for fraction in SEMI_SUPERVISED
-        if (name := sweep_run_name("finetune", fraction, base, first)) in by_name
+        if (name := teacher_name(settings, by_name, fraction)) in by_name
     }
     for text, met, evidence in targets(converged, probes, teachers):
         status = "not run" if met is None else "**met**" if met else "**missed**"
@@ -681,7 +724,9 @@ def current_records(settings: StudySettings, encoder: str) -> tuple[list[dict], 
     records = read_records(settings)
     done, pending = [], []
     for run in plan(settings, records):
-        current = records.get(run.name, {}).get("inputs") == inputs_of(run, settings, encoder)
+        current = records.get(run.name, {}).get("inputs") == inputs_of(
+            run, settings, encoder, records
+        )
         (done if current else pending).append(records[run.name] if current else run)
     return done, pending
 
@@ -695,10 +740,14 @@ def run_study(settings: StudySettings) -> list[dict]:
         if not pending:
             break
         run = pending[0]
-        if os.path.exists(os.path.join(settings.record_dir, f"{run.name}.json")):
-            print(f"\n{run.name}: its record is stale (flags or encoder changed); rerunning")
+        records = read_records(settings)
+        install_teachers(settings, records)
+        if run.name in records:
+            print(
+                f"\n{run.name}: its record is stale (flags, encoder or teacher changed); rerunning"
+            )
         record = execute(run, settings)
-        record["inputs"] = inputs_of(run, settings, encoder)
+        record["inputs"] = inputs_of(run, settings, encoder, records)
         write_record(record, settings)
     return current_records(settings, encoder)[0]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 
@@ -103,7 +104,18 @@ def test_fine_tuning_gets_the_budget_rule_of_the_baselines():
     assert planned["finetune_10pct_seed2"].multiplier == 4
     assert "--seed=2" in planned["finetune_10pct_seed2"].flags
     assert "finetune_1pct_seed1" not in planned  # the 1% sweep has not run
-    # Only the best budget counts, and the distillation teachers stay the base-budget runs.
+    # The students of 10% learn from the best budget's seed-0 fine-tune; 1% has no teacher yet.
+    students = [run for run in planned.values() if run.teacher]
+    assert {(run.method, run.seed) for run in students} == {
+        (method, seed) for method in ("self_distill", "distill_small") for seed in (0, 1, 2)
+    }
+    for run in students:
+        assert run.fraction == 0.1 and run.teacher == "finetune_10pct_x4_seed0"
+        assert f"--teacher={settings.record_dir}/modules/finetune_10pct_x4_seed0" in run.flags
+        assert (
+            run.name == f"{run.method}_10pct_seed{run.seed}" and f"--seed={run.seed}" in run.flags
+        )
+    # Only the best budget counts.
     summary = study.summarize(list(records.values()))
     assert summary[("finetune", 0.1)]["mean"] == 0.91 and summary[("finetune", 0.1)]["count"] == 1
     table = study.markdown_table(list(records.values()), settings)
@@ -116,23 +128,37 @@ def test_plan_pairs_seeds_and_orders_dependencies():
     names = [run.name for run in runs]
     assert len(names) == len(set(names))
     assert names[0] == "pretrain"
+    assert not any(run.teacher for run in runs)  # no student before its teacher's sweep
+    records = {}
+    for fraction in study.SEMI_SUPERVISED:
+        records |= _sweep_records(settings, fraction, [0.85, 0.84, 0.83], method="finetune")
+        records |= _sweep_records(settings, fraction, [0.80, 0.82, 0.81])
+    runs = study.plan(settings, records)
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names))
     by_method = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
-    assert len(by_method["finetune"]) == 6 and len(by_method["probe"]) == 3
+    assert len(by_method["finetune"]) == 10 and len(by_method["probe"]) == 3
     for run in by_method["finetune"]:
         assert "--checkpoint=/study/pretrain" in run.flags
-        twin = f"supervised_{study.percent(run.fraction)}_x{run.multiplier:g}_seed0"
-        assert twin in names
+        if run.seed == 0:
+            twin = f"supervised_{study.percent(run.fraction)}_x{run.multiplier:g}_seed0"
+            assert twin in names
     for run in by_method["self_distill"] + by_method["distill_small"]:
-        teacher = next(f for f in run.flags if f.startswith("--teacher="))
-        assert teacher == f"--teacher=/records/modules/finetune_{study.percent(run.fraction)}_seed0"
-        base_budget = f"finetune_{study.percent(run.fraction)}_x1_seed0"
-        assert names.index(base_budget) < names.index(run.name)
+        teacher = f"finetune_{study.percent(run.fraction)}_x1_seed0"  # 1x won both sweeps
+        assert run.teacher == teacher and f"--teacher=/records/modules/{teacher}" in run.flags
+        assert names.index(teacher) < names.index(run.name)
         assert f"--distill_alpha={settings.distill_alpha:g}" in run.flags
+    assert len(by_method["self_distill"]) == len(by_method["distill_small"]) == 6
     small = by_method["distill_small"]
     assert all(f"--width_multiplier={study.STUDENT_WIDTH:g}" in run.flags for run in small)
     assert not any(flag.startswith("--checkpoint=") for run in small for flag in run.flags)
+    # The first seed's students come before the baselines' seeds, the other seeds' students
+    # before the costly 100% sweep.
+    assert names.index("self_distill_10pct_seed0") < names.index("supervised_1pct_seed1")
+    assert names.index("supervised_10pct_seed2") < names.index("distill_small_1pct_seed1")
+    assert names.index("distill_small_10pct_seed2") < names.index("supervised_100pct_x1_seed0")
 
     # With a released encoder nothing is pretrained and everything starts from the module.
     released = study.StudySettings(run_dir="/study", encoder="/pretrained/hub")
@@ -141,26 +167,83 @@ def test_plan_pairs_seeds_and_orders_dependencies():
     assert all("--checkpoint=/pretrained/hub" in r.flags for r in runs if r.method == "finetune")
 
 
-def test_a_record_is_stale_when_its_flags_or_encoder_change(tmp_path):
+def test_a_record_is_stale_when_its_flags_encoder_or_teacher_change(tmp_path):
     module = tmp_path / "module"
     (module / "variables").mkdir(parents=True)
     (module / "variables" / "variables.index").write_bytes(b"weights v1")
     settings = study.StudySettings(run_dir="/study", encoder=str(module))
+    records = _sweep_records(settings, 0.1, [0.90, 0.89, 0.88], method="finetune")
     first = study.encoder_fingerprint(settings)
-    runs = {run.name: run for run in study.plan(settings, {})}
-    keys = {name: study.inputs_of(run, settings, first) for name, run in runs.items()}
+    for record in records.values():
+        record["inputs"] = "teacher v1"
+    runs = {run.name: run for run in study.plan(settings, records)}
+    assert "self_distill_10pct_seed0" in runs
 
+    def keys(settings, encoder, records):
+        return {
+            name: study.inputs_of(run, settings, encoder, records) for name, run in runs.items()
+        }
+
+    before = keys(settings, first, records)
     (module / "variables" / "variables.index").write_bytes(b"weights v2")
     second = study.encoder_fingerprint(settings)
     assert second != first
-    changed = {
-        name for name, run in runs.items() if study.inputs_of(run, settings, second) != keys[name]
-    }
-    assert changed == {
+    after = keys(settings, second, records)
+    assert {name for name in runs if after[name] != before[name]} == {
         name for name, run in runs.items() if run.method in study.ENCODER_DEPENDENT
     } | {"probe_simclr"}
     more_flags = dataclasses.replace(settings, extra_flags=("--train_steps=2",))
-    assert all(study.inputs_of(run, more_flags, first) != keys[name] for name, run in runs.items())
+    assert all(v != before[name] for name, v in keys(more_flags, first, records).items())
+    # A retrained teacher (another key in its record) makes only its students stale.
+    records["finetune_10pct_x1_seed0"] = {**records["finetune_10pct_x1_seed0"], "inputs": "v2"}
+    retrained = keys(settings, first, records)
+    assert {name for name in runs if retrained[name] != before[name]} == {
+        name for name, run in runs.items() if run.teacher == "finetune_10pct_x1_seed0"
+    }
+
+
+def test_the_key_follows_a_flagfiles_content_not_its_name(tmp_path, monkeypatch):
+    """Editing a recipe makes its runs stale; moving a flag into an included file does not."""
+    (tmp_path / "common.flags").write_text("--image_size=28\n")
+    recipe = tmp_path / "recipe.flags"
+    recipe.write_text("# a comment\n--flagfile=common.flags\n--learning_rate=0.05\n")
+    monkeypatch.setattr(study, "REPO_ROOT", str(tmp_path))
+    settings = study.StudySettings(run_dir="/study")
+    run = study.Run("finetune_1pct_x1_seed0", "finetune", 0.01, 0, ("--flagfile=recipe.flags",))
+    key = study.inputs_of(run, settings, "encoder", {})
+    assert study.expanded_flags(run.flags) == ["--image_size=28", "--learning_rate=0.05"]
+    recipe.write_text("--image_size=28\n--learning_rate=0.05\n")
+    assert study.inputs_of(run, settings, "encoder", {}) == key
+    recipe.write_text("--flagfile=common.flags\n--learning_rate=0.1\n")
+    assert study.inputs_of(run, settings, "encoder", {}) != key
+
+
+def test_the_best_budgets_module_becomes_the_teacher_and_replaces_the_former(tmp_path):
+    settings = study.StudySettings(
+        run_dir=str(tmp_path / "runs"), record_dir=str(tmp_path / "records"), seeds=(0,)
+    )
+    for name in ("finetune_1pct_x1_seed0", "finetune_1pct_x2_seed0"):
+        for step in (10, 200):  # the newest export is the teacher
+            module = tmp_path / "runs" / name / "hub" / str(step)
+            module.mkdir(parents=True)
+            (module / "saved_model.pb").write_text(f"{name} {step}")
+    records = _sweep_records(settings, 0.01, [0.80, 0.82, 0.81], method="finetune")
+    study.install_teachers(settings, records)
+    modules = tmp_path / "records" / "modules"
+    assert [p.name for p in modules.iterdir()] == ["finetune_1pct_x2_seed0"]
+    assert (modules / "finetune_1pct_x2_seed0" / "saved_model.pb").read_text() == (
+        "finetune_1pct_x2_seed0 200"
+    )
+    # The sweep is rerun and 1x now wins: its module replaces the former teacher's.
+    records["finetune_1pct_x2_seed0"]["top_1"] = 0.79
+    records["finetune_1pct_x4_seed0"]["top_1"] = 0.79
+    study.install_teachers(settings, records)
+    assert [p.name for p in modules.iterdir()] == ["finetune_1pct_x1_seed0"]
+    # A teacher with a record but no module anywhere is an error that says what to do.
+    shutil.rmtree(modules / "finetune_1pct_x1_seed0")
+    shutil.rmtree(tmp_path / "runs" / "finetune_1pct_x1_seed0")
+    with pytest.raises(FileNotFoundError, match=r"delete finetune_1pct_x1_seed0\.json"):
+        study.install_teachers(settings, records)
 
 
 def test_summary_matches_statistics_module():
@@ -201,7 +284,7 @@ def test_targets_are_met_or_missed_by_their_definitions():
         ("distill_small", 0.01): _entry(0.82, 0.82, 0.82),
         ("distill_small", 0.1): _entry(0.87, 0.87, 0.87),
     }
-    teachers = {0.01: 0.85, 0.1: 0.90}  # the base-budget seed-0 fine-tunes
+    teachers = {0.01: 0.85, 0.1: 0.90}  # the best-budget seed-0 fine-tunes
     rows = study.targets(summary, probes, teachers)
     # Linear 0.87 < 0.88; +4 points with 0.84 > 0.835; 0.91 > 0.89; 0.91 < 0.94; the small
     # students keep 0.82 / 0.85 = 96.5% and 0.87 / 0.90 = 96.7%.
@@ -254,7 +337,9 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
         budget_multipliers=(1,),
         max_budget_multiplier=1,
     )
-    assert [r["name"] for r in records] == [run.name for run in study.plan(settings, {})]
+    planned = study.plan(settings, {record["name"]: record for record in records})
+    assert [r["name"] for r in records] == [run.name for run in planned]
+    assert {r["method"] for r in records} == {"probe", "finetune", *study.METHODS}
     assert "=== pretrain:" not in first
     for record in records:
         if record["method"] == "probe":
@@ -264,7 +349,9 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
             assert 0.0 <= record["top_1"] <= 1.0
     dims = {r["name"]: r["feature_dim"] for r in records if r["method"] == "probe"}
     assert dims == {"probe_pixels": 28 * 28, "probe_random": 128, "probe_simclr": 128}
-    assert (records_dir / "modules" / "finetune_1pct_seed0" / "saved_model.pb").exists()
+    modules = sorted(p.name for p in (records_dir / "modules").iterdir())
+    assert modules == ["finetune_10pct_x1_seed0", "finetune_1pct_x1_seed0"]
+    assert (records_dir / "modules" / "finetune_1pct_x1_seed0" / "saved_model.pb").exists()
     table = (tmp_path / "table.md").read_text()
     for label in [*study.METHODS.values(), *study.PROBE_LABELS.values()]:
         assert f"| {label} |" in table
@@ -274,9 +361,9 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
 
     # A second invocation runs nothing; dropping one run's record reruns only that run.
     assert "\n=== " not in run_study()
-    (records_dir / "distill_small_10pct.json").unlink()
+    (records_dir / "distill_small_10pct_seed0.json").unlink()
     rerun = run_study()
-    assert rerun.count("\n=== ") == 1 and "=== distill_small_10pct:" in rerun
+    assert rerun.count("\n=== ") == 1 and "=== distill_small_10pct_seed0:" in rerun
     # --report_only writes the same table from the records alone.
     written = (tmp_path / "table.md").read_text()
     (tmp_path / "table.md").unlink()
