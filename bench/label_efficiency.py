@@ -31,12 +31,14 @@ plot.
 
     .venv/bin/python bench/label_efficiency.py                     # the whole study, resumable
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
+    .venv/bin/python bench/label_efficiency.py --only="self_distill_10pct_*"  # some pending runs
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -76,7 +78,8 @@ PROBE_LABELS = {
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
     """What to run. ``encoder``: a hub module or model_dir to evaluate and fine-tune from
-    ("" pretrains one in the study for ``pretrain_epochs``)."""
+    ("" pretrains one in the study for ``pretrain_epochs``); ``only``: run just the pending runs
+    whose names match (the others stay pending)."""
 
     run_dir: str
     record_dir: str = RECORD_DIR
@@ -88,6 +91,12 @@ class StudySettings:
     distill_epochs: float = 10
     distill_alpha: float = 0.5
     extra_flags: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def selects(self, name: str) -> bool:
+        """Whether a pending run is run now: every run, or those matching a pattern of ``only``
+        (shell-style, e.g. ``self_distill_10pct_*``)."""
+        return not self.only or any(fnmatch.fnmatchcase(name, p) for p in self.only)
 
     @property
     def encoder_source(self) -> str:
@@ -737,9 +746,10 @@ def run_study(settings: StudySettings) -> list[dict]:
     encoder = encoder_fingerprint(settings)
     while True:
         _, pending = current_records(settings, encoder)
-        if not pending:
+        selected = [run for run in pending if settings.selects(run.name)]
+        if not selected:
             break
-        run = pending[0]
+        run = selected[0]
         records = read_records(settings)
         install_teachers(settings, records)
         if run.name in records:
@@ -776,6 +786,11 @@ def main() -> None:
     parser.add_argument("--distill_epochs", type=float, default=defaults.distill_epochs)
     parser.add_argument("--distill_alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="Comma-separated run names or shell patterns: run just these of the pending runs.",
+    )
     parser.add_argument("--table", default="", help="Markdown output (default: in record_dir).")
     parser.add_argument("--plot", default="", help="PNG output (default: in record_dir).")
     parser.add_argument(
@@ -795,6 +810,7 @@ def main() -> None:
         distill_epochs=args.distill_epochs,
         distill_alpha=args.distill_alpha,
         extra_flags=tuple(shlex.split(args.extra_flags)),
+        only=tuple(pattern for pattern in args.only.split(",") if pattern),
     )
     started = time.time()
     if args.report_only:

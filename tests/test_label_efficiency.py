@@ -202,6 +202,14 @@ def test_a_record_is_stale_when_its_flags_encoder_or_teacher_change(tmp_path):
     }
 
 
+def test_only_selects_runs_by_name_or_pattern():
+    everything = study.StudySettings(run_dir="/study")
+    assert everything.selects("supervised_100pct_x4_seed0")
+    some = dataclasses.replace(everything, only=("self_distill_10pct_*", "probe_pixels"))
+    names = ["self_distill_10pct_seed1", "self_distill_1pct_seed1", "probe_pixels", "probe_random"]
+    assert [name for name in names if some.selects(name)] == names[:1] + names[2:3]
+
+
 def test_the_key_follows_a_flagfiles_content_not_its_name(tmp_path, monkeypatch):
     """Editing a recipe makes its runs stale; moving a flag into an included file does not."""
     (tmp_path / "common.flags").write_text("--image_size=28\n")
