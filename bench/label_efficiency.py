@@ -667,6 +667,10 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         for fraction in SEMI_SUPERVISED
         if (name := teacher_name(settings, by_name, fraction)) in by_name
     }
+    described_teachers = ", ".join(
+        f"{teacher_name(settings, by_name, fraction)} ({top_1:.4f})"
+        for fraction, top_1 in teachers.items()
+    )
     for text, met, evidence in targets(converged, probes, teachers):
         status = "not run" if met is None else "**met**" if met else "**missed**"
         lines.append(f"| {text} | {status} | {evidence} |")
@@ -679,7 +683,7 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         "",
         "Cells: top-1 on the 10,000 test images, mean ± sample standard deviation (number of "
         f"seeds). Encoder: {encoder}. Distillation: {settings.distill_epochs:g} epochs, alpha "
-        f"{settings.distill_alpha:g}.",
+        f"{settings.distill_alpha:g}, teachers: {described_teachers or 'none yet'}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -120,6 +120,7 @@ def test_fine_tuning_gets_the_budget_rule_of_the_baselines():
     assert summary[("finetune", 0.1)]["mean"] == 0.91 and summary[("finetune", 0.1)]["count"] == 1
     table = study.markdown_table(list(records.values()), settings)
     assert "| finetune | 10% | 0.8900 (20 ep) | 0.9000 (40 ep) | 0.9100 (80 ep) | 0.9050" in table
+    assert "teachers: finetune_10pct_x4_seed0 (0.9100)." in table
 
 
 def test_plan_pairs_seeds_and_orders_dependencies():
