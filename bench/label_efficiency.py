@@ -49,7 +49,7 @@ import time
 import numpy as np
 from child_run import run_tf_simclr
 
-from tf_simclr.flagfiles import FLAGFILE_PREFIXES, expand_flagfiles
+from tf_simclr.flagfiles import expand_flagfiles
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASED_ENCODER = os.path.join(REPO_ROOT, "pretrained", "fashion_mnist", "hub")
@@ -291,13 +291,7 @@ def encoder_fingerprint(settings: StudySettings) -> str:
 def expanded_flags(flags: tuple[str, ...]) -> list[str]:
     """``flags`` with each flagfile (relative to the repository, as the runs see it) replaced by
     the flags it holds: what a run is actually given."""
-    rooted = []
-    for flag in flags:
-        prefix = next((p for p in FLAGFILE_PREFIXES if flag.startswith(p)), None)
-        if prefix is not None:
-            flag = prefix + os.path.join(REPO_ROOT, flag[len(prefix) :])
-        rooted.append(flag)
-    return expand_flagfiles(rooted)
+    return expand_flagfiles(list(flags), REPO_ROOT)
 
 
 def inputs_of(run: Run, settings: StudySettings, encoder: str, records: dict[str, dict]) -> str:
@@ -662,14 +656,14 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         lines.append(f"| {method} | {fraction:.0%} | " + " | ".join(cells) + " |")
     converged = {key: value for key, value in summary.items() if key not in unfinished}
     lines += ["", "| target | status | measured |", "|---|---|---|"]
-    teachers = {
-        fraction: by_name[name]["top_1"]
+    teacher_names = {
+        fraction: name
         for fraction in SEMI_SUPERVISED
         if (name := teacher_name(settings, by_name, fraction)) in by_name
     }
+    teachers = {fraction: by_name[name]["top_1"] for fraction, name in teacher_names.items()}
     described_teachers = ", ".join(
-        f"{teacher_name(settings, by_name, fraction)} ({top_1:.4f})"
-        for fraction, top_1 in teachers.items()
+        f"{name} ({teachers[fraction]:.4f})" for fraction, name in teacher_names.items()
     )
     for text, met, evidence in targets(converged, probes, teachers):
         status = "not run" if met is None else "**met**" if met else "**missed**"

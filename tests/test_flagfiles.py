@@ -163,3 +163,13 @@ def test_missing_or_circular_flagfiles_are_named(tmp_path):
         ValueError, match=r"include each other: .*a\.flags -> .*b\.flags -> .*a\.flags"
     ):
         expand_flagfiles(["x", f"--flagfile={tmp_path / 'a.flags'}"])
+
+
+def test_command_line_flagfiles_resolve_against_a_given_directory(tmp_path, monkeypatch):
+    _write(tmp_path / "recipes" / "common.flags", "--image_size=28\n")
+    _write(tmp_path / "recipes" / "top.flags", "--flagfile=common.flags\n--seed=3\n")
+    monkeypatch.chdir(tmp_path / "recipes")  # a different working directory is not used
+    argv = ["x", "--flagfile=recipes/top.flags"]
+    assert expand_flagfiles(argv, str(tmp_path)) == ["x", "--image_size=28", "--seed=3"]
+    with pytest.raises(FileNotFoundError, match=r"recipes/recipes/top\.flags"):
+        expand_flagfiles(argv)

@@ -15,17 +15,19 @@ import os
 FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
 
 
-def expand_flagfiles(argv: list[str]) -> list[str]:
+def expand_flagfiles(argv: list[str], directory: str = "") -> list[str]:
     """``argv`` with every ``--flagfile=PATH`` replaced by the flags it holds, recursively, so
-    that absl sees no flagfile. Raises ``FileNotFoundError`` naming the file (and the flagfile
-    that includes it) when one is missing, ``ValueError`` when flagfiles include each other."""
+    that absl sees no flagfile; a relative PATH in ``argv`` is resolved against ``directory``
+    (default: the working directory). Raises ``FileNotFoundError`` naming the file (and the
+    flagfile that includes it) when one is missing, ``ValueError`` when flagfiles include each
+    other."""
     expanded: list[str] = []
     for arg in argv:
         path = _flagfile_path(arg)
         if path is None:
             expanded.append(arg)
         else:
-            expanded.extend(_read_flagfile(os.path.abspath(path), ()))
+            expanded.extend(_read_flagfile(os.path.abspath(os.path.join(directory, path)), ()))
     return expanded
 
 
