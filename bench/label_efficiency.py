@@ -315,7 +315,7 @@ def execute(run: Run, settings: StudySettings) -> dict:
     # Only the runs that may become a teacher (the first seed's fine-tuning sweep) export their
     # module; exporting the others costs time for nothing.
     candidate = run.method == "finetune" and run.seed == settings.seeds[0] and run.multiplier > 0
-    flags = (*run.flags, f"--keep_hub_module_max={int(candidate)}", *settings.extra_flags)
+    flags = (*run.flags, "--export_hub" if candidate else "--noexport_hub", *settings.extra_flags)
     seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)

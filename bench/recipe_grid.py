@@ -77,7 +77,7 @@ def run_setting(name: str, extra: tuple[str, ...], run_dir: str, record_dir: str
         f"--train_epochs={EPOCHS}",
         "--checkpoint_epochs=1",
         "--mode=train",
-        "--keep_hub_module_max=0",
+        "--noexport_hub",
         *extra,
     )
     seconds, command = run_tf_simclr(name, flags, model_dir, "grid.log")

@@ -55,7 +55,7 @@ REFERENCE_FLAGS = (
     "--learning_rate=0.02",
     "--warmup_epochs=0",
     "--noknn_monitor",
-    "--keep_hub_module_max=0",
+    "--noexport_hub",
     "--deterministic",
     "--seed=3",
 )

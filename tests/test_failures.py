@@ -52,7 +52,7 @@ FOLDER_FLAGS = (
     "--train_batch_size=8",
     "--eval_batch_size=8",
     "--train_steps=2",
-    "--keep_hub_module_max=0",
+    "--noexport_hub",
 )
 
 
@@ -265,6 +265,7 @@ def test_a_rerun_skips_a_non_finite_checkpoint_and_trains_on(tmp_path, tmp_path_
     assert f"resumed from {model_dir / 'ckpt' / f'ckpt-{REFERENCE_STEPS}'}" in finished.output
     assert checkpoint_steps(model_dir)[-1] == REFERENCE_STEPS + 3
     assert unusable(model_dir) == {}
+    assert not (model_dir / "hub").exists()  # --noexport_hub
 
 
 # --------------------------------------------------------------- integrity of a model_dir

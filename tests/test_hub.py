@@ -468,19 +468,23 @@ def test_restore_rejects_other_architectures(trained, tmp_path):
         load_config_from_hub(str(tmp_path / "foreign"))
 
 
-def test_export_to_model_dir_keeps_newest_modules(trained, tmp_path):
+@pytest.mark.parametrize(
+    ("keep", "kept"), [(2, ["2", str(TRAIN_STEPS)]), (0, ["1", "2", str(TRAIN_STEPS)])]
+)
+def test_export_to_model_dir_keeps_newest_modules(trained, tmp_path, keep, kept):
+    """The ``keep_hub_module_max`` newest step folders stay (0: all); other files stay too."""
     model_dir = tmp_path / "run"
     shutil.copytree(trained.model_dir, model_dir)
     for name in ("1", "2", "notes"):
         (model_dir / "hub" / name).mkdir(parents=True)
     path = export_hub.export_checkpoint(
         str(model_dir),
-        keep_hub_module_max=2,
+        keep_hub_module_max=keep,
         include_projection_head=False,
         include_supervised_head=False,
     )
     assert path == str(model_dir / "hub" / str(TRAIN_STEPS))
-    assert sorted(os.listdir(model_dir / "hub")) == ["2", str(TRAIN_STEPS), "notes"]
+    assert sorted(os.listdir(model_dir / "hub")) == sorted([*kept, "notes"])
     assert sorted(hub.load(path).signatures) == sorted([*BACKBONE, "default"])
 
 

@@ -146,7 +146,7 @@ FINETUNE_FLAGS = (
     "--ft_proj_selector=1",
     "--train_batch_size=32",
     "--train_steps=2",
-    "--keep_hub_module_max=0",
+    "--noexport_hub",
 )
 
 

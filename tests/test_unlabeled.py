@@ -229,13 +229,13 @@ def runs(tmp_path_factory):
             f"--eval_dataset=folder:{labeled}",
             "--mode=train_then_eval",
             "--knn_k=5",
-            "--keep_hub_module_max=0",
+            "--noexport_hub",
         ),
         "teacher": (
             *SIZE_FLAGS,
             "--train_mode=finetune",
             f"--dataset=folder:{labeled}",
-            "--keep_hub_module_max=0",
+            "--noexport_hub",
         ),
     }
     second = {
@@ -247,7 +247,7 @@ def runs(tmp_path_factory):
             f"--label_dataset=folder:{labeled}",
             "--distill_alpha=0.5",
             "--mode=train_then_eval",
-            "--keep_hub_module_max=0",
+            "--noexport_hub",
         ),
         "finetune_unlabeled": (
             *SIZE_FLAGS,

@@ -361,7 +361,7 @@ class TrainConfig:
     checkpoint_epochs: float = setting(1.0, "Checkpoint every this many epochs.")
     checkpoint_steps: int = setting(0, "Checkpoint every this many steps (overrides).")
     keep_checkpoint_max: int = setting(5, "Checkpoints kept in model_dir/ckpt.")
-    keep_hub_module_max: int = setting(1, "Hub modules kept in model_dir/hub (0: none).")
+    keep_hub_module_max: int = setting(1, "Hub modules kept in model_dir/hub (0: all).")
     init_checkpoint: str = setting("", "Initial weights: model_dir, checkpoint or hub module.")
     teacher: str = setting("", "Distillation teacher: model_dir, checkpoint or hub module.")
     lineareval_while_pretraining: bool = setting(True, "On-line linear eval (stop-grad).")
@@ -370,7 +370,7 @@ class TrainConfig:
     knn_temperature: float = setting(0.1, "Temperature of the kNN monitor's votes.")
     knn_bank_size: int = setting(10000, "Training images in the kNN memory bank.")
     jit_compile: bool = setting(False, "XLA-compile the step (good on GPU/TPU).")
-    export_hub: bool = setting(True, "Export a hub module with every checkpoint.")
+    export_hub: bool = setting(True, "Export model_dir/hub/<step> when the phase ends.")
     eval_timeout_seconds: int = setting(0, "mode=eval: wait this long for new checkpoints.")
 
     def __post_init__(self) -> None:

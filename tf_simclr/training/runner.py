@@ -156,7 +156,7 @@ class PhaseRunner:
 
     def _export(self, model: SimCLRModel) -> None:
         train = self.config.train
-        if self.chief and train.export_hub and train.keep_hub_module_max > 0:
+        if self.chief and train.export_hub:
             hub.export_to_model_dir(
                 self.phase.exported_model(model),
                 train.model_dir,
