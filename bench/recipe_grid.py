@@ -30,7 +30,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_DIR = os.path.join(REPO_ROOT, "bench", "results", "recipe_grid")
 EPOCHS = 10
 # One setting changed at a time from the recipe (batch 256, LARS, base lr 1.0 linear scaling,
-# temperature 0.2, colour strength 0.5, crops down to 8%, ResNet-18 width 0.25).
+# temperature 0.2, colour strength 0.5, crops down to 8%, ResNet-18 width 0.25); the combinations
+# pair the chosen colour strength with the next-best single change.
 GRID: dict[str, tuple[str, ...]] = {
     "base": (),
     "memory_16384_m0.99": ("--memory_size=16384", "--memory_momentum=0.99"),
@@ -48,6 +49,7 @@ GRID: dict[str, tuple[str, ...]] = {
     "batch_512": ("--train_batch_size=512",),
     "width_0.5": ("--width_multiplier=0.5",),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
+    "color_1.0_lars_lr_2.0": ("--color_jitter_strength=1.0", "--learning_rate=2.0"),
 }
 # A progress line of the training loop and its training speed (images/s over the steps since
 # the previous line).
