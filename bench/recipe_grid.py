@@ -50,6 +50,12 @@ GRID: dict[str, tuple[str, ...]] = {
     "width_0.5": ("--width_multiplier=0.5",),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
     "color_1.0_lars_lr_2.0": ("--color_jitter_strength=1.0", "--learning_rate=2.0"),
+    "color_1.0_sgd_lr_0.1_wd_5e-4": (
+        "--color_jitter_strength=1.0",
+        "--optimizer=momentum",
+        "--learning_rate=0.1",
+        "--weight_decay=5e-4",
+    ),
 }
 # A progress line of the training loop and its training speed (images/s over the steps since
 # the previous line).
