@@ -67,14 +67,15 @@ def parse(tmp_path, *argv: str):
     return run.configs_from_flags(values.flag_values_dict())
 
 
-# The flags of tf-simclr before they were generated from the dataclasses (issue 13): recipes,
-# released flagfiles and the reference implementation's commands use these names.
+# The flags of tf-simclr before they were generated from the dataclasses (issue 13), plus
+# export_hub: recipes, released flagfiles and the reference implementation's commands use these.
 TODAYS_FLAGS = {
     "augment_jit_compile", "batch_norm_decay", "cache_dataset", "checkpoint", "checkpoint_epochs",
     "checkpoint_steps", "cifar_stem", "color_jitter_mode", "color_jitter_strength",
     "crop_area_min", "data_dir", "dataset", "deterministic", "distill_alpha",
     "distill_temperature", "eeta", "eval_batch_size", "eval_dataset", "eval_split", "eval_steps",
-    "eval_timeout_seconds", "export_memory_network", "fine_tune_after_block", "ft_proj_selector",
+    "eval_timeout_seconds", "export_hub", "export_memory_network", "fine_tune_after_block",
+    "ft_proj_selector",
     "global_bn", "hidden_norm", "hinton_tau_squared", "image_size", "jit_compile",
     "keep_checkpoint_max", "keep_hub_module_max", "knn_bank_size", "knn_k", "knn_monitor",
     "knn_temperature", "label_dataset", "label_fraction", "label_smoothing", "labels_per_class",

@@ -44,7 +44,7 @@ PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mi
 DISTRIBUTION = "distribution and speed"
 # Every flag but strategy, tpu and logical_cpu_devices is a field of a configuration dataclass,
 # with the field's default, help text and choices. Fields without a flag are set by the runner
-# (num_classes and the supervised head's pretraining settings, export_hub) or keep the paper's
+# (num_classes and the supervised head's pretraining settings) or keep the paper's
 # values; three flags keep the reference implementation's names.
 FLAG_SCHEMA = FlagSchema(
     program="tf-simclr",
@@ -66,7 +66,6 @@ FLAG_SCHEMA = FlagSchema(
             "supervised_head_stop_gradient",
             "supervised_head_batch_norm",
         ),
-        TrainConfig: ("export_hub",),
         AugmentConfig: (
             "crop_aspect_range",
             "flip_probability",
