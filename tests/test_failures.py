@@ -298,7 +298,7 @@ def test_a_truncated_newest_checkpoint_gives_way_and_stale_temp_folders_go(
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     model_dir = tmp_path / "run"
-    flags = (*REFERENCE_FLAGS, "--train_steps=3", "--keep_hub_module_max=1")
+    flags = (*REFERENCE_FLAGS, "--train_steps=3", "--export_hub")
     assert run_binary(model_dir, *flags).returncode == 0
     recorded = read_json(model_dir / "result.json")
     assert recorded["train"]["global_step"] == 3 and "contrast_loss" in recorded["train"]

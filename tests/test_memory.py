@@ -242,7 +242,7 @@ MEMORY_FLAGS = (
     "--memory_momentum=0.9",
     "--memory_warmup_steps=1",
     "--export_memory_network",
-    "--keep_hub_module_max=1",
+    "--export_hub",
 )
 MIRRORED_MEMORY_FLAGS = (*MEMORY_FLAGS, "--strategy=mirrored", "--logical_cpu_devices=2")
 

@@ -156,12 +156,12 @@ def started_from_sources(tmp_path_factory):
     contradicting shape flag and a distillation from a teacher of other classes, all at once."""
     source = shared_runs(
         tmp_path_factory,
-        {"hub_source": (*REFERENCE_FLAGS, "--train_steps=2", "--keep_hub_module_max=1")},
+        {"hub_source": (*REFERENCE_FLAGS, "--train_steps=2", "--export_hub")},
     )["hub_source"]
     root = tmp_path_factory.mktemp("from_sources")
     module = source / "hub" / "2"
     cases = {
-        "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--keep_hub_module_max=1"),
+        "from_hub": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--export_hub"),
         "from_run": (*FINETUNE_FLAGS, f"--checkpoint={source}"),
         "hub_conflict": (*FINETUNE_FLAGS, f"--checkpoint={module}", "--resnet_depth=50"),
         "teacher_classes": (
