@@ -34,7 +34,8 @@ EPOCHS = 10
 # pair the chosen colour strength with the next-best single change.
 GRID: dict[str, tuple[str, ...]] = {
     "base": (),
-    "base_seed1": ("--seed=1",),  # the same recipe on another seed: the grid's noise
+    "base_seed1": ("--seed=1",),  # the same recipe on other seeds: the grid's noise
+    "base_seed2": ("--seed=2",),
     "memory_16384_m0.99": ("--memory_size=16384", "--memory_momentum=0.99"),
     "crop_0.2": ("--crop_area_min=0.2",),
     "crop_0.35": ("--crop_area_min=0.35",),
