@@ -11,8 +11,8 @@ test images:
 - **the SimCLRv2 encoder** under the same two protocols: the released module
   (``pretrained/fashion_mnist/hub``) when it exists, otherwise a pretraining run of the study;
 - **converged supervised baselines**: on seed 0 a budget sweep (``budget_multipliers`` x a base
-  schedule, doubled again while the longest budget is the best) per label fraction; the best
-  budget (by test top-1) then runs for the other seeds;
+  schedule, doubled again while the longest budget wins by at least ``min_budget_gain``) per
+  label fraction; the best budget (by test top-1) then runs for the other seeds;
 - **fine-tuning** of the whole network from ``proj_head_1`` on 1% and 10% (SimCLRv2 section 2)
   under the same budget rule as the baselines (both sides chosen by test top-1 on seed 0, so
   neither is favoured), seeds paired with the supervised runs (same seed, same label subset);
@@ -87,7 +87,8 @@ class StudySettings:
     encoder: str = ""
     pretrain_epochs: float = 60
     budget_multipliers: tuple[float, ...] = (1, 2, 4)
-    max_budget_multiplier: float = 16
+    max_budget_multiplier: float = 32
+    min_budget_gain: float = 0.001
     distill_epochs: float = 10
     distill_alpha: float = 0.5
     extra_flags: tuple[str, ...] = ()
@@ -152,8 +153,10 @@ def fraction_sweep(
     settings: StudySettings, records: dict[str, dict], fraction: float, method: str = "supervised"
 ) -> list[Run]:
     """The budget sweep of ``method`` on one fraction and the first seed: ``budget_multipliers``,
-    extended by doubling while the best recorded budget is the largest one (a run still
-    improving at its largest budget is not converged), up to ``max_budget_multiplier``."""
+    extended by doubling while the largest budget beats every shorter one by at least
+    ``min_budget_gain`` (a run still improving at its largest budget is not converged; one that
+    gains less than a tenth of a point, ten test images, has reached its plateau), up to
+    ``max_budget_multiplier``."""
     seed = settings.seeds[0]
     multipliers = list(settings.budget_multipliers)
     while True:
@@ -163,7 +166,8 @@ def fraction_sweep(
         longest = multipliers[-1]
         if None in recorded or longest * 2 > settings.max_budget_multiplier:
             return runs
-        if best_of_sweep(recorded)["multiplier"] != longest:
+        gain = recorded[-1]["top_1"] - max(record["top_1"] for record in recorded[:-1])
+        if gain <= 0 or round(gain, 6) < settings.min_budget_gain:
             return runs
         multipliers.append(longest * 2)
 
@@ -781,6 +785,12 @@ def main() -> None:
         default=defaults.max_budget_multiplier,
         help="A sweep whose longest budget wins is doubled up to this multiplier.",
     )
+    parser.add_argument(
+        "--min_budget_gain",
+        type=float,
+        default=defaults.min_budget_gain,
+        help="Top-1 by which the longest budget must win for the sweep to double again.",
+    )
     parser.add_argument("--distill_epochs", type=float, default=defaults.distill_epochs)
     parser.add_argument("--distill_alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--extra_flags", default="", help="Appended to every run (shell words).")
@@ -805,6 +815,7 @@ def main() -> None:
         pretrain_epochs=args.pretrain_epochs,
         budget_multipliers=tuple(float(m) for m in args.budget_multipliers.split(",")),
         max_budget_multiplier=args.max_budget_multiplier,
+        min_budget_gain=args.min_budget_gain,
         distill_epochs=args.distill_epochs,
         distill_alpha=args.distill_alpha,
         extra_flags=tuple(shlex.split(args.extra_flags)),

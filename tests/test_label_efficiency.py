@@ -88,6 +88,31 @@ def test_a_sweep_whose_longest_budget_wins_is_doubled_until_it_stops_improving()
     assert "| 1x | 2x | 4x | 8x |" in table and "0.8050 (800 ep)" in table
 
 
+@pytest.mark.parametrize(
+    "accuracies, longest, longest_without_minimum",
+    [
+        ([0.9219, 0.9410, 0.9413], 4, 8),  # the 100% sweep: 3 more test images at 4x, a plateau
+        ([0.9219, 0.9410, 0.9420], 8, 8),  # 10 more images is the smallest gain that counts
+        ([0.9219, 0.9410, 0.9410], 4, 4),  # a tie stops the sweep, even with no minimum
+    ],
+)
+def test_a_sweep_stops_when_its_longest_budget_gains_less_than_the_minimum(
+    accuracies, longest, longest_without_minimum
+):
+    settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2))
+    assert settings.min_budget_gain == 0.001
+    for minimum, expected in ((0.001, longest), (0.0, longest_without_minimum)):
+        minimum_settings = dataclasses.replace(settings, min_budget_gain=minimum)
+        records = _sweep_records(minimum_settings, 1.0, accuracies)
+        planned = study.fraction_sweep(minimum_settings, records, 1.0)
+        assert max(run.multiplier for run in planned) == expected
+    # The plateau's best budget is still the most accurate one, and it runs the other seeds.
+    records = _sweep_records(settings, 1.0, [0.9219, 0.9410, 0.9413])
+    assert study.best_multiplier(records, settings, 1.0) == 4
+    planned = {run.name: run for run in study.plan(settings, records)}
+    assert planned["supervised_100pct_seed1"].multiplier == 4
+
+
 def test_fine_tuning_gets_the_budget_rule_of_the_baselines():
     settings = study.StudySettings(run_dir="/study", seeds=(0, 1, 2), encoder="/released/hub")
     sweep = study.fraction_sweep(settings, {}, 0.1, "finetune")
