@@ -232,6 +232,7 @@ def test_two_workers_over_loopback_end_with_identical_weights(tmp_path):
         "--train_steps=4",
         "--checkpoint_steps=2",
         "--strategy=multi_worker",
+        "--export_hub",
         f"--model_dir={model_dir}",
     )
     workers = []
@@ -251,10 +252,13 @@ def test_two_workers_over_loopback_end_with_identical_weights(tmp_path):
         "classes.txt",
         "config.json",
         "flags.json",
+        "hub",
         "result.json",
         "train",
     ]
     assert (kept / "ckpt" / "ckpt-4.index").exists(), sorted(kept.rglob("*"))
+    # Both workers exported (reading synchronised variables is collective); only the chief kept it.
+    assert (model_dir / "hub" / "4" / "saved_model.pb").exists()
     assert read_json(model_dir / "result.json")["train"]["contrast_loss"] > 0
 
     differences = weight_differences(model_dir / "ckpt/ckpt-4", kept / "ckpt/ckpt-4")

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 
 import tensorflow as tf
 import tf_keras as keras
@@ -155,11 +156,17 @@ class PhaseRunner:
         return scalars
 
     def _export(self, model: SimCLRModel) -> None:
+        """The TF-Hub module of the phase into ``model_dir/hub/<step>``. Every worker exports:
+        under MultiWorkerMirroredStrategy reading the synchronised batch-norm statistics is a
+        collective op, so a non-chief worker writes the same module to a scratch folder that
+        it then deletes."""
         train = self.config.train
-        if self.chief and train.export_hub:
+        if not train.export_hub:
+            return
+        with tempfile.TemporaryDirectory() as scratch:
             hub.export_to_model_dir(
                 self.phase.exported_model(model),
-                train.model_dir,
+                train.model_dir if self.chief else scratch,
                 self.total_steps,
                 train.keep_hub_module_max,
                 class_names=self.phase.label_info.class_names,
