@@ -298,13 +298,24 @@ def expanded_flags(flags: tuple[str, ...]) -> list[str]:
     return expand_flagfiles(list(flags), REPO_ROOT)
 
 
+def portable(flags: list[str], settings: StudySettings) -> list[str]:
+    """``flags`` without this machine's paths: the encoder's path becomes ``<encoder>`` (its
+    fingerprint identifies it) and the record folder ``<record_dir>`` (a teacher's module there
+    is identified by the teacher's key), so a clone in another folder keeps its records."""
+    places = {settings.encoder_source: "<encoder>", settings.record_dir: "<record_dir>"}
+    for path, placeholder in places.items():
+        flags = [flag.replace(path, placeholder) for flag in flags]
+    return flags
+
+
 def inputs_of(run: Run, settings: StudySettings, encoder: str, records: dict[str, dict]) -> str:
-    """A key of everything a run's result depends on: its expanded flags, the flags added to
-    every run, the encoder for the runs that start from it, and a student's teacher's key. A
-    record with another key is stale."""
+    """A key of everything a run's result depends on: its expanded flags (without machine
+    paths), the flags added to every run, the encoder for the runs that start from it, and a
+    student's teacher's key. A record with another key is stale."""
     depends = run.method in ENCODER_DEPENDENT or run.name == "probe_simclr"
     teacher = records.get(run.teacher, {}).get("inputs", "") if run.teacher else ""
-    payload = [expanded_flags(run.flags), settings.extra_flags, encoder if depends else "", teacher]
+    flags = portable(expanded_flags(run.flags), settings)
+    payload = [flags, settings.extra_flags, encoder if depends else "", teacher]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 

@@ -228,6 +228,41 @@ def test_a_record_is_stale_when_its_flags_encoder_or_teacher_change(tmp_path):
     }
 
 
+def test_a_clone_in_another_folder_keeps_its_records(tmp_path):
+    """The encoder and the teachers' modules are named by absolute paths in the flags; the key
+    must not depend on them, or a fresh machine would rerun every fine-tune and student."""
+    settings = {}
+    for clone in ("here", "there"):
+        module = tmp_path / clone / "pretrained" / "hub"
+        (module / "variables").mkdir(parents=True)
+        (module / "variables" / "variables.index").write_bytes(b"the released weights")
+        settings[clone] = study.StudySettings(
+            run_dir=str(tmp_path / clone / "run"),
+            record_dir=str(tmp_path / clone / "records"),
+            encoder=str(module),
+        )
+    records = _sweep_records(settings["here"], 0.1, [0.90, 0.89, 0.88], method="finetune")
+    for record in records.values():
+        record["inputs"] = "teacher key"
+    keys = {}
+    for clone, clone_settings in settings.items():
+        encoder = study.encoder_fingerprint(clone_settings)
+        runs = study.plan(clone_settings, records)
+        assert any(run.teacher for run in runs) and any(run.method == "finetune" for run in runs)
+        keys[clone] = [study.inputs_of(run, clone_settings, encoder, records) for run in runs]
+        flags = [flag for run in runs for flag in run.flags]
+        assert any(flag.startswith(f"--teacher={clone_settings.record_dir}/") for flag in flags)
+        assert f"--checkpoint={clone_settings.encoder}" in flags
+    assert keys["here"] == keys["there"]
+    # Another encoder (other bytes at the same path) still makes its runs stale.
+    variables = tmp_path / "there" / "pretrained" / "hub" / "variables" / "variables.index"
+    variables.write_bytes(b"other weights")
+    encoder = study.encoder_fingerprint(settings["there"])
+    runs = study.plan(settings["there"], records)
+    changed = [study.inputs_of(run, settings["there"], encoder, records) for run in runs]
+    assert changed != keys["here"]
+
+
 def test_only_selects_runs_by_name_or_pattern():
     everything = study.StudySettings(run_dir="/study")
     assert everything.selects("supervised_100pct_x4_seed0")
