@@ -50,6 +50,8 @@ GRID: dict[str, tuple[str, ...]] = {
     "sgd_lr_0.1_wd_5e-4": ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4"),
     "batch_512": ("--train_batch_size=512",),
     "width_0.5": ("--width_multiplier=0.5",),
+    "width_0.5_seed1": ("--width_multiplier=0.5", "--seed=1"),  # is width 0.5 beyond the noise?
+    "width_0.5_seed2": ("--width_multiplier=0.5", "--seed=2"),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
     "color_1.0_lars_lr_2.0": ("--color_jitter_strength=1.0", "--learning_rate=2.0"),
     "color_1.0_sgd_lr_0.1_wd_5e-4": (
