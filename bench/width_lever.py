@@ -38,6 +38,8 @@ SEEDS = (0, 1, 2)
 WIDTHS = (0.25, 0.5)
 SUPERVISED_EPOCHS = 800  # 8x the 1% base schedule: the study's converged budget at width 0.25
 # The study's supervised 1% runs at 800 epochs (width 0.25), by seed.
+PAIRED = "0.5 - 0.25"  # the row of paired differences (same seed)
+GAIN = "fine-tuned minus supervised 1%"
 STUDY_SUPERVISED = {
     0: "supervised_1pct_x8_seed0",
     1: "supervised_1pct_seed1",
@@ -170,41 +172,43 @@ def collect(record_dir: str, study_dir: str, grid_dir: str) -> dict[str, dict[fl
                 )
             put("supervised 1% (same width)", width, seed, baseline["top_1"] if baseline else None)
             gain = tuned["top_1"] - baseline["top_1"] if tuned and baseline else None
-            put("fine-tuned minus supervised 1%", width, seed, gain)
+            put(GAIN, width, seed, gain)
     return table
 
 
-def mean_std(values: list[float | None]) -> str:
+def number(value: float | None, signed: bool) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def mean_std(values: list[float | None], signed: bool = False) -> str:
     """``mean ± sample std (count)`` of the known values, or "" with none."""
     known = np.array([v for v in values if v is not None], np.float64)
     if not len(known):
         return ""
     spread = known.std(ddof=1) if len(known) > 1 else 0.0
-    return f"{known.mean():.4f} ± {spread:.4f} ({len(known)})"
+    return f"{number(float(known.mean()), signed)} ± {spread:.4f} ({len(known)})"
 
 
 def markdown_table(table: dict[str, dict[float, list]]) -> str:
     """Each metric at each width by seed, with the mean ± std, and the paired difference of
-    width 0.5 from width 0.25 (same seed) as its own row."""
+    width 0.5 from width 0.25 (same seed) as its own row; differences carry their sign."""
     lines = [
         "| metric | width | seed 0 | seed 1 | seed 2 | mean ± std (seeds) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for metric, by_width in table.items():
-        rows = dict(by_width)
+        rows: dict[float | str, list] = dict(by_width)
         narrow, wide = by_width[WIDTHS[0]], by_width[WIDTHS[1]]
-        rows["0.5 - 0.25"] = [
+        rows[PAIRED] = [
             b - a if a is not None and b is not None else None
             for a, b in zip(narrow, wide, strict=True)
         ]
         for width, values in rows.items():
-            cells = [
-                f"{v:+.4f}"
-                if width == "0.5 - 0.25" and v is not None
-                else (f"{v:.4f}" if v is not None else "")
-                for v in values
-            ]
-            lines.append(f"| {metric} | {width} | {' | '.join(cells)} | {mean_std(values)} |")
+            signed = width == PAIRED or metric == GAIN
+            cells = " | ".join(number(v, signed) for v in values)
+            lines.append(f"| {metric} | {width} | {cells} | {mean_std(values, signed)} |")
     return "\n".join(lines) + "\n"
 
 

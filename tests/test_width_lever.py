@@ -76,12 +76,12 @@ def test_table_gives_each_width_by_seed_and_the_paired_difference(tmp_path):
     ]
     difference = wide - np.array(linear[0.25])
     assert row("linear probe 100%", "0.5 - 0.25")[:3] == [f"{d:+.4f}" for d in difference]
-    assert row("linear probe 100%", "0.5 - 0.25")[3].startswith(f"{difference.mean():.4f} ± ")
+    assert row("linear probe 100%", "0.5 - 0.25")[3].startswith(f"{difference.mean():+.4f} ± ")
     gains = np.array(tuned[0.5]) - np.array(supervised[0.5])
     assert row("fine-tuned minus supervised 1%", "0.5") == [
-        f"{gains[0]:.4f}",
+        f"{gains[0]:+.4f}",
         "",
-        f"{gains[2]:.4f}",
-        f"{gains[[0, 2]].mean():.4f} ± {gains[[0, 2]].std(ddof=1):.4f} (2)",
+        f"{gains[2]:+.4f}",
+        f"{gains[[0, 2]].mean():+.4f} ± {gains[[0, 2]].std(ddof=1):.4f} (2)",
     ]
     assert row("kNN (grid, 10 epochs)", "0.25")[0] == "0.8050"
