@@ -75,6 +75,14 @@ def binary_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "tf_simclr.run", *flags]
 
 
+def console_script(name: str) -> str:
+    """The installed console script ``name`` (``tf-simclr``, ``tf-simclr-export``): the one
+    ``pip install -e .`` put beside this interpreter, as a user runs it."""
+    path = Path(sys.executable).with_name(name)
+    assert path.is_file(), f"no console script {path}: install the package (make install)"
+    return str(path)
+
+
 @dataclasses.dataclass
 class Finished:
     """A finished child process and where its output went."""

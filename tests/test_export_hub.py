@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 
@@ -27,9 +28,10 @@ import reference_writer as writer
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras as keras
-from binary_runs import assert_succeeded, run_all, truncate_data_file
+from absl import flags
+from binary_runs import assert_succeeded, console_script, run_all, run_child, truncate_data_file
 
-from tf_simclr import ModelConfig, SimCLRModel
+from tf_simclr import ModelConfig, SimCLRModel, export_hub
 from tf_simclr.hub import read_module_info, save_hub_module
 
 # A 10% fine-tune (its supervised head reads proj_head_1) of a ResNet-18 with the ResNet-D
@@ -42,6 +44,63 @@ LABELS = np.array([0, 1, 2, 3])
 def export_command(*flags: str) -> list[str]:
     """``python -m tf_simclr.export_hub FLAGS...`` (the ``tf-simclr-export`` entry point)."""
     return [sys.executable, "-m", "tf_simclr.export_hub", *flags]
+
+
+# ------------------------------------------------------------------------------------- --help
+
+# The binary's flags: their names are part of its contract (export/SIGNATURES.md, the README).
+EXPORT_FLAGS = {
+    "checkpoint", "config", "memory_network", "ft_proj_selector", "use_ema", "export_dir",
+    "overwrite", "keep_hub_module_max", "include_projection_head", "include_supervised_head",
+    "weight_decay",
+}  # fmt: skip
+# --help as a user asks for it: the installed console script (whose ``__main__`` is not
+# tf_simclr.export_hub) and ``python -m``; -h and -? are --helpshort and --help.
+EXPORT_HELP_COMMANDS = {
+    "script_help": [console_script("tf-simclr-export"), "--help"],
+    "script_h": [console_script("tf-simclr-export"), "-h"],
+    "script_question_mark": [console_script("tf-simclr-export"), "-?"],
+    "module_helpshort": export_command("--helpshort"),
+}
+
+
+def export_help_sections(stdout: str) -> dict[str, str]:
+    """The text under each ``tf-simclr-export <group>:`` heading of the help output."""
+    parts = re.split(r"^(tf-simclr-export [a-z ]+):$", stdout, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("case", list(EXPORT_HELP_COMMANDS))
+def test_help_lists_the_export_flags_by_group(case):
+    result = run_child(EXPORT_HELP_COMMANDS[case])
+    assert result.returncode == 0, result.stderr  # asking for help is not an error
+    assert result.stdout.startswith(export_hub.__doc__), result.stdout[:200]
+    sections = export_help_sections(result.stdout)
+    schema = export_hub.FLAG_SCHEMA
+    assert list(sections) == [schema.module_name(title) for title, _ in schema.groups]
+    values = flags.FlagValues()
+    export_hub.define_flags(values)
+    assert set(values) == EXPORT_FLAGS
+    for title, members in schema.groups:
+        text = sections[schema.module_name(title)]
+        listed = re.findall(r"^  --(?:\[no\])?(\w+)", text, flags=re.MULTILINE)
+        assert sorted(listed) == sorted(members), title
+        squeezed = "".join(text.split())  # absl wraps the help texts
+        for name in members:
+            assert "".join(values[name].help.split()) in squeezed, name
+    assert "--checkpoint: A model_dir, its ckpt/ directory" in result.stdout
+    assert "tensorflow" not in result.stdout and "absl." not in result.stdout
+    assert "Try --helpfull" in result.stdout
+
+
+def test_export_helpfull_lists_every_flag():
+    result = run_child([console_script("tf-simclr-export"), "--helpfull"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(export_hub.__doc__), result.stdout[:200]
+    for listed in ("--checkpoint:", "--[no]overwrite:", "--[no]helpshort:", "--flagfile:"):
+        assert listed in result.stdout
+    for title, _ in export_hub.FLAG_SCHEMA.groups:
+        assert f"\n{export_hub.FLAG_SCHEMA.module_name(title)}:\n" in result.stdout
 
 
 def one_training_step(path: str) -> tuple[float, float]:

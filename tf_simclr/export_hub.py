@@ -37,6 +37,7 @@ import sys
 from absl import app, flags, logging
 
 from tf_simclr.config import OptimConfig
+from tf_simclr.flag_schema import FlagSchema, install_grouped_help
 from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
 from tf_simclr.model_dir import first_line, is_disk_full, read_class_names
 
@@ -44,6 +45,28 @@ from tf_simclr.model_dir import first_line, is_disk_full, read_class_names
 # after :func:`start_tensorflow`, which hides TensorFlow's start-up logging.
 DEFAULT_WEIGHT_DECAY = OptimConfig.weight_decay  # as tf_simclr.hub's
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+SOURCE = "checkpoint to export"
+MODULE = "module to write"
+# The flags are not configuration fields: the schema only groups them for --help.
+FLAG_SCHEMA = FlagSchema(
+    program="tf-simclr-export",
+    groups=(
+        (SOURCE, ("checkpoint", "config", "memory_network", "ft_proj_selector", "use_ema")),
+        (
+            MODULE,
+            (
+                "export_dir",
+                "overwrite",
+                "keep_hub_module_max",
+                "include_projection_head",
+                "include_supervised_head",
+                "weight_decay",
+            ),
+        ),
+    ),
+    not_flags={},
+    aliases={},
+)
 
 
 def saved_step(prefix: str) -> int | None:
@@ -215,8 +238,13 @@ def export_reference_checkpoint(
     )
 
 
-def define_flags() -> None:
-    """The binary's flags (defined only when it runs, so that importing this module is free)."""
+def define_flags(flag_values: flags.FlagValues | None = None) -> None:
+    """Define the binary's flags in ``flag_values`` (default: the global ``flags.FLAGS``; tests
+    pass a fresh FlagValues), each filed under its group of :data:`FLAG_SCHEMA`. Defined only
+    when the binary runs, so that importing this module is free."""
+    fv = flags.FLAGS if flag_values is None else flag_values
+    source = {"flag_values": fv, "module_name": FLAG_SCHEMA.module_name(SOURCE)}
+    module = {"flag_values": fv, "module_name": FLAG_SCHEMA.module_name(MODULE)}
     flags.DEFINE_string(
         "checkpoint",
         None,
@@ -224,41 +252,60 @@ def define_flags() -> None:
         "reference implementation (TF2 checkpoint or SavedModel, TF1 checkpoint); not an "
         "exported tf-simclr module.",
         required=True,
+        **source,
     )
     flags.DEFINE_string(
-        "export_dir", "", "Where to write the module; default MODEL_DIR/hub/<checkpoint step>."
-    )
-    flags.DEFINE_string("config", "", "The run's config.json; default MODEL_DIR/config.json.")
-    flags.DEFINE_bool("include_projection_head", True, "Export the projection head.")
-    flags.DEFINE_bool(
-        "include_supervised_head", True, "Export the supervised head (when the model has one)."
-    )
-    flags.DEFINE_float(
-        "weight_decay",
-        DEFAULT_WEIGHT_DECAY,
-        "Coefficient of the module's L2 regularization loss (0 disables it).",
-    )
-    flags.DEFINE_integer(
-        "keep_hub_module_max",
-        1,
-        "Modules kept in MODEL_DIR/hub/ when --export_dir is not given (<= 0 keeps all).",
-    )
-    flags.DEFINE_bool(
-        "overwrite", False, "Replace a module in --export_dir (never other files there)."
+        "config", "", "The run's config.json; default MODEL_DIR/config.json.", **source
     )
     flags.DEFINE_bool(
         "memory_network",
         False,
         "Export the moving-average memory network of a --memory_size pretraining run.",
+        **source,
     )
     flags.DEFINE_integer(
         "ft_proj_selector",
         None,
         "Reference checkpoints: the head output feeding the supervised head (1: proj_head_1, "
         "the 1%/10% fine-tunes; 0: the encoder output). Default: from the folder name.",
+        **source,
     )
     flags.DEFINE_bool(
-        "use_ema", False, "Reference TF1 checkpoints: read the ema_model/ moving-average copy."
+        "use_ema",
+        False,
+        "Reference TF1 checkpoints: read the ema_model/ moving-average copy.",
+        **source,
+    )
+    flags.DEFINE_string(
+        "export_dir",
+        "",
+        "Where to write the module; default MODEL_DIR/hub/<checkpoint step>.",
+        **module,
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace a module in --export_dir (never other files there).",
+        **module,
+    )
+    flags.DEFINE_integer(
+        "keep_hub_module_max",
+        1,
+        "Modules kept in MODEL_DIR/hub/ when --export_dir is not given (<= 0 keeps all).",
+        **module,
+    )
+    flags.DEFINE_bool("include_projection_head", True, "Export the projection head.", **module)
+    flags.DEFINE_bool(
+        "include_supervised_head",
+        True,
+        "Export the supervised head (when the model has one).",
+        **module,
+    )
+    flags.DEFINE_float(
+        "weight_decay",
+        DEFAULT_WEIGHT_DECAY,
+        "Coefficient of the module's L2 regularization loss (0 disables it).",
+        **module,
     )
 
 
@@ -302,6 +349,7 @@ def main(argv: list[str]) -> int:
 def run_main() -> None:
     """Console-script entry point ``tf-simclr-export``."""
     define_flags()
+    install_grouped_help(__doc__, FLAG_SCHEMA)
     app.run(lambda argv: sys.exit(main(argv)))
 
 

@@ -11,13 +11,16 @@ back into the dataclasses.
 absl files every flag under the module that defines it, and its ``--helpshort`` lists the flags
 of the module named ``sys.argv[0]`` only: none for a console script, whose ``__main__`` defines
 no flag. The schema files each flag under its group's name instead (``module_name``), so that
-``--helpfull`` shows the groups as sections, and :class:`GroupedHelpFlag` replaces ``--help`` and
-``--helpshort`` with the binary's own flags, group by group.
+``--helpfull`` shows the groups as sections, and :func:`install_grouped_help` replaces ``--help``
+and ``--helpshort`` with the binary's own flags, group by group (a help request exits with 0).
+A binary whose flags are not dataclass fields (``tf-simclr-export``) lists them as flag names in
+its schema's groups and defines them under :meth:`FlagSchema.module_name`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import types
 import typing
@@ -193,35 +196,58 @@ class FlagSchema:
         )
 
 
-class GroupedHelpFlag(flags.BooleanFlag):
-    """``--help`` (or ``--helpshort``) that prints ``usage()`` and exits with 1, as absl's does."""
+class HelpFlag(flags.BooleanFlag):
+    """A help flag that prints ``text()`` on stdout and exits with 0: the user asked for it, it
+    is not an error (absl's own help flags exit with 1)."""
 
-    def __init__(self, name: str, short_name: str | None, usage: Callable[[], str]) -> None:
+    def __init__(
+        self, name: str, short_name: str | None, help_text: str, text: Callable[[], str]
+    ) -> None:
         super().__init__(
             name,
             False,
-            "show this help",
+            help_text,
             short_name=short_name,
             allow_override=True,
             allow_hide_cpp=True,
         )
-        self._usage = usage
+        self._text = text
 
     def parse(self, argument: object) -> None:
         super().parse(argument)
         if self.value:
-            print(self._usage())
-            print("\nTry --helpfull to get a list of all flags.")
-            sys.exit(1)
+            print(self._text())
+            sys.exit(0)
 
 
-def install_grouped_help(usage: Callable[[], str]) -> None:
-    """Make ``--help``, ``-?`` and ``--helpshort`` of the global flags print ``usage()``.
+def install_grouped_help(doc: str, schema: FlagSchema) -> None:
+    """Give the global flags the binary's help: ``doc`` (the binary's docstring), then
+    ``--help`` (also ``-?``) and ``--helpshort`` (also ``-h``) list the flags of ``schema``'s
+    groups, group by group, and ``--helpfull`` every flag (absl's included); all exit with 0.
 
     absl's help flags are defined first (``app.define_help_flags`` is idempotent, so ``app.run``
     does not define them again); the replacements override them and stay filed under
-    ``absl.app`` with ``--helpfull``.
+    ``absl.app``. absl's own ``--help`` would list the flags of the module that is ``__main__``:
+    none for a console script.
     """
     app.define_help_flags()
-    for name, short_name in (("help", "?"), ("helpshort", None)):
-        flags.DEFINE_flag(GroupedHelpFlag(name, short_name, usage), module_name="absl.app")
+    values = flags.FLAGS
+    short = functools.partial(_grouped_usage, doc, schema, values)
+    full = functools.partial(_full_usage, doc, values)
+    for name, short_name, help_text, text in (
+        ("help", "?", "show this help", short),
+        ("helpshort", "h", "show this help", short),
+        ("helpfull", None, "show full help", full),
+    ):
+        flags.DEFINE_flag(HelpFlag(name, short_name, help_text, text), module_name="absl.app")
+
+
+def _grouped_usage(doc: str, schema: FlagSchema, flag_values: flags.FlagValues) -> str:
+    return (
+        f"{doc}\nflags:\n{schema.grouped_help(flag_values)}\n\n"
+        "Try --helpfull to get a list of all flags."
+    )
+
+
+def _full_usage(doc: str, flag_values: flags.FlagValues) -> str:
+    return f"{doc}\nflags:\n{flag_values.get_help()}"

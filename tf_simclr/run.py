@@ -103,11 +103,6 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     )
 
 
-def usage() -> str:
-    """What ``--help`` prints: this module's docstring and the binary's flags by group."""
-    return f"{__doc__}\nflags:\n{FLAG_SCHEMA.grouped_help(flags.FLAGS)}"
-
-
 def configs_from_flags(values: dict) -> RunConfig:
     """Turn flag values into a RunConfig; raises ValueError naming the bad flag."""
     from tf_simclr.data import validate_dataset_name
@@ -364,7 +359,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run_main() -> None:
     """Console-script entry point (``tf-simclr``)."""
     define_flags()
-    install_grouped_help(usage)
+    install_grouped_help(__doc__, FLAG_SCHEMA)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 
