@@ -52,7 +52,7 @@ test-fast: $(STAMP) fashion-mnist
 	$(PY) -m ruff check .
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-# `bazel test //...` offline with Debian's bazel-bootstrap (Bazel 4.2; see README.md, "Bazel"):
+# `bazel test //...` offline with Debian's bazel-bootstrap (Bazel 4.2; see docs/development.md):
 # the quick subset by default, every test with BAZEL_TEST_ARGS=.
 bazel-test: $(STAMP)
 	@if ! command -v bazel >/dev/null && command -v apt-get >/dev/null; then \
