@@ -74,7 +74,7 @@ def settings(model_dir, total_steps, steps_per_loop=3, checkpoint_steps=2):
         checkpoint_steps=checkpoint_steps,
         keep_checkpoint_max=10,
         global_batch_size=BATCH,
-        steps_per_epoch=10,
+        num_examples=10 * BATCH,
         resume_from=checkpoints.newest_usable_checkpoint(str(model_dir)),
     )
 

@@ -172,25 +172,27 @@ def test_the_start_line_names_the_architecture():
         resnet_depth=50, width_multiplier=2, sk_ratio=0.0625, num_classes=10, ft_proj_selector=1
     )
     line = logs.start_line(
-        "finetune (mode train)", "data x: train: 5 images", config, "Mirrored", 2, (30, 3, 32)
+        "finetune (mode train)", "data x: train: 50 images", config, "Mirrored", 2, (30, 32, 50)
     )
     assert line == (
-        "finetune (mode train) | data x: train: 5 images | model ResNet-50 width 2, SK 0.0625, "
+        "finetune (mode train) | data x: train: 50 images | model ResNet-50 width 2, SK 0.0625, "
         "3-layer head to 128, 10-class supervised head on proj_head_1 | strategy Mirrored "
-        "(2 replicas) | precision float32 | 30 steps of batch 32, 3 steps per epoch"
+        "(2 replicas) | precision float32 | 30 steps of batch 32 (19.2 epochs), 1.56 steps per "
+        "epoch"
     )
 
 
 # --------------------------------------------------------------------------- through the binary
 
 TINY_DATA = "synthetic:size=16,count=96,classes=4,test_count=32"
-# 3 steps per epoch: a checkpoint and a kNN evaluation every 3 steps (checkpoint_epochs=1).
+# 3 steps per epoch; a checkpoint and a kNN evaluation every 3 steps.
 LOG_FLAGS = (
     "--train_mode=pretrain",
     *(flag for flag in SMALL_MODEL if not flag.startswith("--dataset=")),
     f"--dataset={TINY_DATA}",
     "--train_batch_size=32",
     "--log_every_steps=10",
+    "--checkpoint_steps=3",
     "--learning_rate=0.02",
 )
 # What a normal run may print besides its final JSON, one pattern per kind of line.
@@ -198,7 +200,7 @@ EXPECTED_LINES = {
     "start": r"pretrain \(mode train\) \| data synthetic:\S+: train: 96 images, test: 32 images; "
     r"4 classes \(.+\) \| model ResNet-18 width 0\.125, no SK, CIFAR stem, 3-layer head to 128, "
     r"4-class supervised head on proj_head_input \| strategy \w+ \(1 replica\) \| precision "
-    r"float32 \| (\d+) steps of batch 32, 3 steps per epoch$",
+    r"float32 \| (\d+) steps of batch 32 \([\d.]+ epochs\), 3 steps per epoch$",
     "initial kNN": r"step 0 eval/knn_top_1_accuracy=[\d.]+$",
     "progress": r"step (\d+)/\d+ epoch [\d.]+ contrast_acc=.* images/s=[\d.]+ eta=[\d:]+; "
     r"at step (\d+) eval/knn_top_1_accuracy=[\d.]+$",
@@ -271,3 +273,42 @@ def test_a_pretraining_run_and_its_resumption_log_a_few_useful_lines(tmp_path):
     assert sorted(path.name for path in (model_dir / "hub").iterdir()) == ["25"]  # 20 removed
     # Checkpoints kept their own cadence (every 3 steps and at each run's last step).
     assert checkpoint_steps(model_dir) == [18, 20, 21, 24, 25]
+
+
+# The mirrored run: a few steps of a small model on tiny synthetic data.
+REPLICA_FLAGS = (
+    "--train_mode=pretrain",
+    "--dataset=synthetic:size=32,count=64,classes=4",
+    "--image_size=32",
+    "--resnet_depth=18",
+    "--width_multiplier=0.25",
+    "--train_batch_size=16",
+    "--train_steps=3",
+)
+# What tf.distribute logs at INFO for every traced cross-replica reduction or gather
+# (cross_device_ops.py), under MirroredStrategy and MultiWorkerMirroredStrategy alike.
+DISTRIBUTE_CHATTER = ("Collective all_reduce", "Collective batch_all_gather", "then broadcast to")
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_logs_about_as_many_lines_as_a_one_device_run(tmp_path):
+    commands = {
+        "one_device": binary_command(f"--model_dir={tmp_path / 'one'}", *REPLICA_FLAGS),
+        "mirrored": binary_command(
+            f"--model_dir={tmp_path / 'two'}",
+            *REPLICA_FLAGS,
+            "--strategy=mirrored",
+            "--logical_cpu_devices=2",
+        ),
+    }
+    env = child_env(TF_CPP_MIN_LOG_LEVEL=None)  # a user's
+    started = [start(command, tmp_path / f"{name}.log", env) for name, command in commands.items()]
+    one_device, mirrored = (finish(process) for process in started)
+    assert_succeeded(one_device)
+    assert_succeeded(mirrored)
+    single, replicated = log_lines(one_device.output), log_lines(mirrored.output)
+    for text in DISTRIBUTE_CHATTER:
+        assert text not in mirrored.output, text
+    assert any("strategy MirroredStrategy (2 replicas)" in line for line in replicated)
+    # MirroredStrategy's one line naming its devices is all it adds.
+    assert len(replicated) <= len(single) + 1, "\n".join(replicated)

@@ -2,16 +2,23 @@
 
 The loop is driven with a linear regression whose SGD trajectory NumPy computes exactly, so
 checkpoint boundaries, resumption, the non-finite stop and the per-replica loss scaling all have
-a closed-form answer (the non-chief worker's scratch folder: tests/test_strategy.py).
+a closed-form answer (the non-chief worker's scratch folder: tests/test_strategy.py). The runner's
+bookkeeping around the loop (issue 28): epochs counted in images seen, a batch larger than the
+training set capped, checkpoints of an epoch cadence kept apart on small data; the last test
+checks the issue's short run on small data through the binary.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from binary_runs import read_events
+from binary_runs import checkpoint_steps, read_events, read_json, run_binary
 from regression_loop import (
     BATCH,
     DIM,
@@ -24,7 +31,16 @@ from regression_loop import (
 )
 
 from tf_simclr import checkpoints
-from tf_simclr.training import loop
+from tf_simclr.config import (
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from tf_simclr.training import loop, runner
 
 
 def test_loop_trains_checkpoints_logs_and_resumes(tmp_path):
@@ -129,3 +145,129 @@ def test_two_replicas_follow_the_single_device_trajectory(two_replica_strategy, 
     model, optimizer, functions, factory, _ = regression_setup(two_replica_strategy)
     loop.train(two_replica_strategy, model, optimizer, functions, factory, settings(tmp_path, 4))
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(4), rtol=1e-5)
+
+
+# ------------------------------------------- epochs, batch and checkpoints of a run (issue 28)
+
+
+def run_config(tmp_path, count: int, **train: object) -> RunConfig:
+    """A tiny pretraining config on ``count`` synthetic training images (nothing evaluated);
+    ``train`` sets TrainConfig fields."""
+    return RunConfig(
+        model=ModelConfig(resnet_depth=18, width_multiplier=0.125, cifar_stem=True),
+        train=TrainConfig(model_dir=str(tmp_path / "run"), knn_monitor=False, **train),
+        optim=OptimConfig(),
+        loss=LossConfig(),
+        augment=AugmentConfig(image_size=16),
+        data=DataConfig(dataset=f"synthetic:size=16,count={count},classes=4,test_count=8"),
+    )
+
+
+def start_line_of(caplog) -> str:
+    (line,) = [r.getMessage() for r in caplog.records if "steps per epoch" in r.getMessage()]
+    return line
+
+
+def test_the_epoch_counts_images_seen_when_the_data_is_not_a_multiple_of_the_batch(
+    tmp_path, caplog
+):
+    strategy = tf.distribute.get_strategy()
+    # flags/folder/pretrain.flags on 180 images: 100 epochs of 180 at batch 128 are 140.6 steps.
+    with caplog.at_level(logging.INFO, logger="tf_simclr"):
+        folder = runner.PhaseRunner(
+            run_config(tmp_path, 180, train_batch_size=128, train_epochs=100, checkpoint_epochs=10),
+            strategy,
+        )
+    assert folder.total_steps == 141
+    assert start_line_of(caplog).endswith(
+        "141 steps of batch 128 (100.27 epochs), 1.41 steps per epoch"
+    )
+    folder_settings = folder.loop_settings(resume_from=None)
+    assert folder_settings.epoch(141) == pytest.approx(141 * 128 / 180)
+    assert folder_settings.checkpoint_steps == 14  # 10 epochs = 14.06 steps
+    # flags/fashion_mnist/supervised_1pct.flags: 120 epochs of 600 images at batch 64 are
+    # exactly 1125 steps, and the last one ends epoch 120 (it said 125.11).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tf_simclr"):
+        demo = runner.PhaseRunner(
+            run_config(tmp_path, 600, train_batch_size=64, train_epochs=120), strategy
+        )
+    assert demo.total_steps == 1125
+    assert start_line_of(caplog).endswith(
+        "1125 steps of batch 64 (120 epochs), 9.38 steps per epoch"
+    )
+    assert demo.loop_settings(resume_from=None).epoch(1125) == pytest.approx(120.0)
+
+
+def test_progress_lines_give_the_epoch_of_the_images_seen(tmp_path, caplog):
+    strategy = tf.distribute.get_strategy()
+    model, optimizer, functions, factory, _ = regression_setup(strategy)
+    # 6 training examples, batches of 4: step s has seen 4 s images, 2 s / 3 epochs.
+    six = dataclasses.replace(settings(tmp_path, 6, steps_per_loop=2), num_examples=6)
+    six = dataclasses.replace(six, log_every_steps=3)
+    with caplog.at_level(logging.INFO, logger="tf_simclr"):
+        loop.train(strategy, model, optimizer, functions, factory, six)
+    epochs = [
+        re.match(r"step (\d+)/6 epoch ([\d.]+) ", record.getMessage()) for record in caplog.records
+    ]
+    assert [(m[1], m[2]) for m in epochs if m] == [("3", "2.00"), ("6", "4.00")]
+
+
+def test_a_batch_larger_than_the_training_set_is_capped_with_one_warning(tmp_path, caplog):
+    assert runner.capped_batch_size(512, 180, replicas=1) == 180
+    assert runner.capped_batch_size(512, 45, replicas=2) == 44  # still splits over 2 replicas
+    assert runner.capped_batch_size(64, 600, replicas=2) == 64
+    assert runner.capped_batch_size(44, 45, replicas=4) == 44
+    with pytest.raises(ValueError, match=r"1 training example.* 2 replicas"):
+        runner.capped_batch_size(512, 1, replicas=2)
+    with caplog.at_level(logging.INFO, logger="tf_simclr"):
+        capped = runner.PhaseRunner(
+            run_config(tmp_path, 40, train_batch_size=512, train_steps=5),
+            tf.distribute.get_strategy(),
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "--train_batch_size=512" in warnings[0] and "40 training examples" in warnings[0]
+    assert capped.config.train.train_batch_size == 40  # what config.json records
+    assert capped.phase.config.train.train_batch_size == 40
+    assert start_line_of(caplog).endswith("5 steps of batch 40 (5 epochs), 1 steps per epoch")
+    assert capped.loop_settings(resume_from=None).global_batch_size == 40
+
+
+def test_the_checkpoint_cadence_of_epochs_keeps_saves_apart():
+    def interval(examples: int, batch: int, **train: object) -> int:
+        return runner.checkpoint_interval(TrainConfig(model_dir="x", **train), examples, batch)
+
+    minimum = runner.MIN_STEPS_BETWEEN_CHECKPOINTS
+    assert interval(180, 180) == minimum  # 1 epoch is 1 step: not a save per step
+    assert interval(180, 128, checkpoint_epochs=10) == 14
+    assert interval(60000, 256) == 234  # fashion_mnist/pretrain.flags: every epoch
+    assert interval(180, 180, checkpoint_steps=1) == 1  # an explicit cadence is kept
+    assert interval(180, 180, checkpoint_steps=3, checkpoint_epochs=10) == 3
+
+
+@pytest.mark.slow
+def test_a_short_run_on_a_small_dataset_caps_its_batch_and_saves_once(tmp_path):
+    # The issue's command on a 40-image dataset: the default batch (512) and cadence (every
+    # epoch, here a step).
+    model_dir = tmp_path / "run"
+    finished = run_binary(
+        model_dir,
+        "--train_mode=finetune",
+        "--dataset=synthetic:size=32,count=40,classes=4",
+        "--image_size=32",
+        "--resnet_depth=18",
+        "--width_multiplier=0.25",
+        "--train_steps=5",
+        "--noexport_hub",
+    )
+    assert finished.returncode == 0, finished.tail()
+    capped = [line for line in finished.output.splitlines() if "--train_batch_size=512" in line]
+    assert len(capped) == 1, finished.output
+    assert "40 training examples" in capped[0]
+    assert checkpoint_steps(model_dir) == [5]
+    assert read_json(model_dir / "config.json")["train"]["train_batch_size"] == 40
+    # The learning rate is scaled for the batch of 40: 0.3 * 40 / 256 at the peak, half of it
+    # at step 5 of 10 warm-up steps (10 epochs of one step each).
+    learning_rate = read_json(model_dir / "result.json")["train"]["learning_rate"]
+    assert learning_rate == pytest.approx(0.3 * 40 / 256 * 5 / 10, rel=1e-5)

@@ -1,15 +1,18 @@
 """A short, useful log: TensorFlow started quietly, its chatter filtered, one start line.
 
-TensorFlow writes three kinds of noise that tell a user of ``tf-simclr`` or ``tf-simclr-export``
+TensorFlow writes four kinds of noise that tell a user of ``tf-simclr`` or ``tf-simclr-export``
 nothing: start-up lines of its C++ log (hidden by :func:`start_tensorflow`), INFO lines of every
 save (``tf.saved_model.save`` lists each signature's renamed inputs, hundreds of names per
-signature; every checkpoint save reports its sharding callback), and warnings about things this
+signature; every checkpoint save reports its sharding callback), INFO lines of ``tf.distribute``
+for every traced cross-replica reduction or gather (over a hundred per run under
+MirroredStrategy or MultiWorkerMirroredStrategy, issue 28), and warnings about things this
 package already handles (retracing of the kNN monitor's feature function, restore warnings of
-checkpoints restored with ``expect_partial`` whose counts the loop logs itself). The last two go
-through Python logging (the ``absl`` and ``tensorflow`` loggers) and are dropped by
+checkpoints restored with ``expect_partial`` whose counts the loop logs itself). All but the
+first go through Python logging (the ``absl`` and ``tensorflow`` loggers) and are dropped by
 :class:`DropMessages`: around each save (:func:`dropped`, :data:`SAVE_NOISE`) and for the whole
-process by the binaries (:func:`quiet_tensorflow_logs`). Only messages containing one of the
-listed texts are dropped; every other warning and error passes.
+process by the binaries (:func:`quiet_tensorflow_logs`, :data:`RUN_NOISE` and
+:data:`DISTRIBUTE_NOISE`). Only messages containing one of the listed texts are dropped; every
+other warning and error passes.
 
 Importing this module does not import TensorFlow.
 """
@@ -48,6 +51,19 @@ RUN_NOISE = (
     "Unresolved object in checkpoint",
     "not all checkpointed values were used",
 )
+# INFO lines of tf.distribute's cross_device_ops.py, logged each time a cross-replica reduction
+# or gather is traced (every variable's all-reduce, the losses' all-gathers): CollectiveAllReduce
+# (MirroredStrategy on CPUs, MultiWorkerMirroredStrategy) logs a line per traced all-reduce,
+# ReductionToOneDevice its first ten reductions and gathers, and the batched implementations
+# (NCCL, hierarchical copy) their first ten batches. The start line names the strategy and its
+# replicas instead. tf.distribute's warnings (e.g. about IndexedSlices) are not listed.
+DISTRIBUTE_NOISE = (
+    "Collective all_reduce tensors:",
+    "Collective all_reduce IndexedSlices:",
+    "Collective batch_all_gather:",
+    "batch_all_reduce:",
+    "then broadcast to",
+)
 
 
 class DropMessages(logging.Filter):
@@ -77,8 +93,9 @@ def dropped(texts: tuple[str, ...] = SAVE_NOISE) -> Iterator[None]:
 
 
 def quiet_tensorflow_logs() -> None:
-    """For the binaries: drop :data:`SAVE_NOISE` and :data:`RUN_NOISE` for the whole process."""
-    drop = DropMessages(SAVE_NOISE + RUN_NOISE)
+    """For the binaries: drop :data:`SAVE_NOISE`, :data:`RUN_NOISE` and :data:`DISTRIBUTE_NOISE`
+    for the whole process."""
+    drop = DropMessages(SAVE_NOISE + RUN_NOISE + DISTRIBUTE_NOISE)
     for name in TENSORFLOW_LOGGERS:
         logging.getLogger(name).addFilter(drop)
 
@@ -163,6 +180,11 @@ def describe_model(config: ModelConfig) -> str:
     return ", ".join(parts)
 
 
+def _short(value: float) -> str:
+    """``value`` with at most two decimals, without trailing zeros: 1.41, 120, 0.5."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 def start_line(
     phase: str,
     data: str,
@@ -172,10 +194,13 @@ def start_line(
     steps: tuple[int, int, int],
 ) -> str:
     """The run's first log line: phase, data, model, strategy, precision and
-    ``steps = (total steps, steps per epoch, global batch size)``."""
-    total, per_epoch, batch = steps
+    ``steps = (total steps, global batch size, training examples)``, with the epochs they make
+    and the steps per epoch, both counted in images (a step sees a batch; an epoch, every
+    training example once), so fractional where the data is not a multiple of the batch."""
+    total, batch, examples = steps
     return (
         f"{phase} | {data} | model {describe_model(model)} | strategy {strategy} "
         f"({replicas} replica{'s' if replicas != 1 else ''}) | precision {model.dtype_policy} | "
-        f"{total} steps of batch {batch}, {per_epoch} steps per epoch"
+        f"{total} steps of batch {batch} ({_short(total * batch / examples)} epochs), "
+        f"{_short(examples / batch)} steps per epoch"
     )

@@ -31,7 +31,10 @@ def scaled_learning_rate(base_learning_rate: float, batch_size: int, scaling: st
 def num_train_steps(
     num_examples: int, train_epochs: float, batch_size: int, train_steps: int = 0
 ) -> int:
-    """Total steps: ``train_steps`` if > 0, else ``num_examples * epochs // batch + 1``."""
+    """Total steps: ``train_steps`` if > 0, else ``ceil(num_examples * epochs / batch)``, the
+    fewest steps that show every example ``epochs`` times (the reference's ``// batch + 1`` is
+    the same unless the data divides evenly, where it trains one step more). The quotient is
+    rounded to 6 decimals first, so that float error in ``epochs`` does not add a step."""
     _check_positive_int("batch_size", batch_size)
     if train_steps < 0:
         raise ValueError(f"train_steps={train_steps} must be >= 0 (0 = derive from epochs).")
@@ -40,7 +43,7 @@ def num_train_steps(
     _check_positive_int("num_examples", num_examples)
     if train_epochs < 0:
         raise ValueError(f"train_epochs={train_epochs} must be >= 0.")
-    return int(num_examples * train_epochs // batch_size + 1)
+    return math.ceil(round(num_examples * train_epochs / batch_size, 6))
 
 
 def num_warmup_steps(warmup_epochs: float, num_examples: int, batch_size: int) -> int:

@@ -44,8 +44,9 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class LoopSettings:
-    """What the loop needs to know about the run (derived from TrainConfig by the phase).
+    """What the loop needs to know about the run (derived from TrainConfig by the runner).
 
+    ``num_examples`` is the size of the training set, which :meth:`epoch` counts epochs in.
     ``resume_from`` is the checkpoint to continue from (None: a fresh run), normally
     :func:`tf_simclr.checkpoints.newest_usable_checkpoint` of ``model_dir``.
     """
@@ -56,10 +57,15 @@ class LoopSettings:
     checkpoint_steps: int
     keep_checkpoint_max: int
     global_batch_size: int
-    steps_per_epoch: int
+    num_examples: int
     jit_compile: bool = False
     resume_from: str | None = None
     log_every_steps: int = TrainConfig.log_every_steps
+
+    def epoch(self, step: int) -> float:
+        """Epochs done after ``step`` steps, counted in images seen: ``step * batch /
+        examples`` (the input pipeline repeats the shuffled data and batches across epochs)."""
+        return step * self.global_batch_size / self.num_examples
 
 
 @dataclasses.dataclass
@@ -376,8 +382,8 @@ class Progress:
         eta = (time.time() - self._started) / done * (settings.total_steps - step)
         means = {name: total / self._steps for name, total in self._sums.items()}
         line = (
-            f"step {step}/{settings.total_steps} epoch "
-            f"{step / max(settings.steps_per_epoch, 1):.2f} {_format(means)} "
+            f"step {step}/{settings.total_steps} epoch {settings.epoch(step):.2f} "
+            f"{_format(means)} "
             f"lr={learning_rate:.4g} "
             f"images/s={self._steps * settings.global_batch_size / self._seconds:.1f} "
             f"eta={time.strftime('%H:%M:%S', time.gmtime(eta))}"

@@ -7,9 +7,13 @@ class i), ``result.json`` and ``labels_subset.txt`` when a label fraction was us
 (``flags.json`` is written by the binary).
 
 Constructing a :class:`PhaseRunner` reads and checks everything the run needs (data, splits,
-labeled subset, step count) and writes nothing. :meth:`PhaseRunner.recorded_result` recognises a
-run that already did everything its mode asks for, so that rerunning a finished command changes
-nothing. JSON files are replaced atomically; training resumes from the newest usable checkpoint.
+labeled subset, batch, step count) and writes nothing. Against the size of the training set it
+caps a batch larger than the set (:func:`capped_batch_size`), counts epochs in images seen (step
+x global batch / training examples) and keeps checkpoints of a cadence in epochs at least
+:data:`MIN_STEPS_BETWEEN_CHECKPOINTS` apart (:func:`checkpoint_interval`).
+:meth:`PhaseRunner.recorded_result` recognises a run that already did everything its mode asks
+for, so that rerunning a finished command changes nothing. JSON files are replaced atomically;
+training resumes from the newest usable checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints, hub, logs
-from tf_simclr.config import RunConfig
+from tf_simclr.config import RunConfig, TrainConfig
 from tf_simclr.data import build_distributed_dataset
 from tf_simclr.model_dir import write_class_names, write_json_atomically
 from tf_simclr.models import SimCLRModel
@@ -36,6 +40,42 @@ logger = logging.getLogger("tf_simclr")
 
 
 RESULT_FILENAME = "result.json"
+# The fewest steps between two checkpoints of a cadence given in epochs (``checkpoint_epochs``):
+# on a training set of a batch or two an epoch is a step, and a save (with the kNN monitor that
+# runs at each) per step would cost more than the training (issue 28). ``checkpoint_steps`` sets
+# any cadence exactly, and the last step is always saved.
+MIN_STEPS_BETWEEN_CHECKPOINTS = 10
+
+
+def capped_batch_size(batch: int, num_examples: int, replicas: int) -> int:
+    """``batch``, or if it is larger than the ``num_examples`` training examples, the largest
+    multiple of ``replicas`` that is not (every replica gets the same share).
+
+    A batch cannot hold more distinct images than the training set: the repeated stream would
+    put copies of an image in one batch (false negatives of NT-Xent, SimCLR section 2.1), and
+    the learning rate, scaled by the batch (SimCLR appendix B.1), would be that of a batch the
+    data does not have. Raises ValueError when there are fewer examples than replicas.
+    """
+    if batch <= num_examples:
+        return batch
+    capped = num_examples - num_examples % replicas
+    if not capped:
+        raise ValueError(
+            f"the training set holds {num_examples} training example"
+            f"{'s' if num_examples != 1 else ''}, fewer than the {replicas} replicas of this "
+            "strategy (each needs one per step): use more data or fewer replicas."
+        )
+    return capped
+
+
+def checkpoint_interval(train: TrainConfig, num_examples: int, batch: int) -> int:
+    """Steps between checkpoints: ``checkpoint_steps`` when set; otherwise ``checkpoint_epochs``
+    counted in images seen (``checkpoint_epochs * num_examples // batch`` steps, as the
+    reference), but at least :data:`MIN_STEPS_BETWEEN_CHECKPOINTS`."""
+    if train.checkpoint_steps:
+        return train.checkpoint_steps
+    steps = int(train.checkpoint_epochs * num_examples // batch)
+    return max(steps, MIN_STEPS_BETWEEN_CHECKPOINTS)
 
 
 class PhaseRunner:
@@ -50,13 +90,41 @@ class PhaseRunner:
         self.config = self.phase.config
         self.model_config = self.phase.model_config()
         self.train_info = self.phase.train_info
-        train = self.config.train
         self.source, self.num_examples = self.phase.training_examples()
+        self._cap_batch()
+        train = self.config.train
         self.total_steps = num_train_steps(
             self.num_examples, train.train_epochs, train.train_batch_size, train.train_steps
         )
-        self.steps_per_epoch = max(self.num_examples // train.train_batch_size, 1)
         logger.info("%s", self._start_line())
+
+    def _cap_batch(self) -> None:
+        """Cap a batch larger than the training set (:func:`capped_batch_size`) in the config
+        of the runner and of the phase (so the learning rate, the pipeline, the memory and
+        ``config.json`` all get it), with one warning naming both numbers."""
+        train, examples = self.config.train, self.num_examples
+        batch = capped_batch_size(
+            train.train_batch_size, examples, self.strategy.num_replicas_in_sync
+        )
+        if batch == train.train_batch_size:
+            return
+        memory_size = self.config.memory.memory_size
+        if memory_size % batch:
+            raise ValueError(
+                f"--train_batch_size={train.train_batch_size} is capped to the {batch} training "
+                f"examples, which do not divide --memory_size={memory_size}; use a memory of a "
+                f"multiple of {batch} images, or more data."
+            )
+        logger.warning(
+            "--train_batch_size=%d is larger than the %d training examples: training with "
+            "batch %d (the learning rate is scaled for it).",
+            train.train_batch_size,
+            examples,
+            batch,
+        )
+        capped = dataclasses.replace(train, train_batch_size=batch)
+        self.phase.config = dataclasses.replace(self.config, train=capped)
+        self.config = self.phase.config
 
     def _start_line(self) -> str:
         """Phase, data, model, strategy, precision and steps, in one line."""
@@ -67,7 +135,23 @@ class PhaseRunner:
             self.model_config,
             type(strategy).__name__.strip("_"),
             strategy.num_replicas_in_sync,
-            (self.total_steps, self.steps_per_epoch, train.train_batch_size),
+            (self.total_steps, train.train_batch_size, self.num_examples),
+        )
+
+    def loop_settings(self, resume_from: str | None) -> loop.LoopSettings:
+        """The training loop's settings, resuming from ``resume_from`` (None: a fresh run)."""
+        train = self.config.train
+        return loop.LoopSettings(
+            model_dir=train.model_dir,
+            total_steps=self.total_steps,
+            steps_per_loop=train.steps_per_loop,
+            checkpoint_steps=checkpoint_interval(train, self.num_examples, train.train_batch_size),
+            keep_checkpoint_max=train.keep_checkpoint_max,
+            global_batch_size=train.train_batch_size,
+            num_examples=self.num_examples,
+            jit_compile=train.jit_compile,
+            resume_from=resume_from,
+            log_every_steps=train.log_every_steps,
         )
 
     def recorded_result(self) -> dict | None:
@@ -94,15 +178,11 @@ class PhaseRunner:
         train = config.train
         source, num_examples = self.source, self.num_examples
         batch = train.train_batch_size
-        total_steps = self.total_steps
         if self.chief:
             checkpoints.remove_stale_temp_folders(train.model_dir)
         resume_from = checkpoints.newest_usable_checkpoint(train.model_dir)
         if resume_from is None and checkpoints.latest_checkpoint(train.model_dir):
             logger.warning("no usable checkpoint in %s: starting from step 0", train.model_dir)
-        checkpoint_steps = train.checkpoint_steps or max(
-            int(train.checkpoint_epochs * num_examples // batch), 1
-        )
         model = phases.base.build_model(self.model_config, strategy, config.augment.image_size)
         variables = phase.trainable_variables(model)
         with strategy.scope():
@@ -136,21 +216,10 @@ class PhaseRunner:
 
         if self.chief:
             phase.before_training(source, num_examples)
-        settings = loop.LoopSettings(
-            model_dir=train.model_dir,
-            total_steps=total_steps,
-            steps_per_loop=train.steps_per_loop,
-            checkpoint_steps=checkpoint_steps,
-            keep_checkpoint_max=train.keep_checkpoint_max,
-            global_batch_size=batch,
-            steps_per_epoch=self.steps_per_epoch,
-            jit_compile=train.jit_compile,
-            resume_from=resume_from,
-            log_every_steps=train.log_every_steps,
-        )
+        settings = self.loop_settings(resume_from)
         scalars = loop.train(strategy, model, optimizer, functions, iterator_factory, settings)
         self.model = model
-        exported = os.path.join(train.model_dir, "hub", str(total_steps), "saved_model.pb")
+        exported = os.path.join(train.model_dir, "hub", str(self.total_steps), "saved_model.pb")
         if scalars or not os.path.exists(exported):
             self._export(model)
         return scalars
