@@ -11,7 +11,7 @@ from absl import flags
 from binary_runs import REPO_ROOT
 
 from tf_simclr import run
-from tf_simclr.flagfiles import expand_flagfiles
+from tf_simclr.flagfiles import expand_argv, expand_flagfiles
 
 FLAGFILES = sorted(path.relative_to(REPO_ROOT) for path in REPO_ROOT.glob("flags/**/*.flags"))
 
@@ -173,3 +173,35 @@ def test_command_line_flagfiles_resolve_against_a_given_directory(tmp_path, monk
     assert expand_flagfiles(argv, str(tmp_path)) == ["x", "--image_size=28", "--seed=3"]
     with pytest.raises(FileNotFoundError, match=r"recipes/recipes/top\.flags"):
         expand_flagfiles(argv)
+
+
+def test_the_flags_typed_on_the_command_line_are_told_apart(tmp_path):
+    """A flag is typed when the value it ends with was typed on the command line itself, outside
+    any flagfile: a recipe's flags and those of the user's own flagfile alike are not."""
+    _write(tmp_path / "recipes" / "common.flags", "--resnet_depth=18\n--width_multiplier=0.25\n")
+    mine = _write(
+        tmp_path / "mine.flags",
+        "--flagfile=recipes/common.flags\n--seed=1\n--nouse_blur\n--sk_ratio=0.0625\n",
+    )
+    argv = [
+        "tf-simclr",
+        "--seed=4",  # the flagfile that follows sets it again: its value is the flagfile's
+        f"--flagfile={mine}",
+        "--width_multiplier=0.125",
+        "--noknn_monitor",
+        "--temperature",  # absl's two-argument form
+        "0.5",
+        "--",
+        "--resnet_depth=50",  # not a flag after --
+    ]
+    expanded = expand_argv(argv)
+    assert list(expanded.argv) == expand_flagfiles(argv)
+    values = flags.FlagValues()
+    run.define_flags(values)
+    assert expanded.typed_flags(values) == {"width_multiplier", "knn_monitor", "temperature"}
+    command_line = run.parse_flags(values, argv)
+    assert command_line.typed == {"width_multiplier", "knn_monitor", "temperature"}
+    assert command_line.args == ["tf-simclr", "--resnet_depth=50"]
+    # The values are absl's: the last occurrence wins, wherever it is.
+    assert (values.seed, values.resnet_depth, values.width_multiplier) == (1, 18, 0.125)
+    assert (values.use_blur, values.sk_ratio, values.temperature) == (False, 0.0625, 0.5)

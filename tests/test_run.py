@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import logging
 import math
 import re
 import shutil
 import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,8 @@ from absl import flags
 from binary_runs import (
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
+    REPO_ROOT,
+    SMALL_DATA,
     SMALL_MODEL,
     ChildResult,
     binary_command,
@@ -263,6 +268,153 @@ def test_good_flags_parse_into_the_configs(tmp_path):
     assert config.augment.image_size == 16 and config.augment.use_blur is False
     assert config.augment.augment_jit_compile is False
     assert config.augment.crop_area_range == (0.2, 1.0)
+
+
+# A recipe's shape flags yield to the architecture it starts from (issue 28): the flags of a
+# flagfile (flags/ or the user's own) are the recipe's defaults, flags typed on the command line
+# are the user's word. The recipe of the issue: ResNet-18 at width 0.25 (flags/folder/common.flags).
+FOLDER_FINETUNE = REPO_ROOT / "flags" / "folder" / "finetune_10pct.flags"
+OTHER_SHAPE = ModelConfig(
+    resnet_depth=34, width_multiplier=0.125, cifar_stem=True, num_classes=4, ft_proj_selector=0
+)
+
+
+def saved_run(path: Path, model: ModelConfig) -> Path:
+    """A model_dir as a run of ``model`` leaves it, as far as its architecture goes: its
+    config.json and a checkpoint."""
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(path / "ckpt" / "ckpt"))
+    (path / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model)}))
+    return path
+
+
+def configured(tmp_path, *argv: str) -> RunConfig:
+    """The RunConfig the binary runs with (parsed, then the architecture adopted from
+    ``--checkpoint`` and the run in ``--model_dir``), on a fresh FlagValues."""
+    values = fresh_flags()
+    command_line = run.parse_flags(values, ["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
+    return run.run_config(values, command_line)
+
+
+def adoption_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("architecture")]
+
+
+def test_a_recipes_shape_flags_yield_to_the_checkpoint(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tf_simclr")
+    source = saved_run(tmp_path / "source", OTHER_SHAPE)
+    recipe = (f"--flagfile={FOLDER_FINETUNE}", f"--dataset={SMALL_DATA}")
+    config = configured(tmp_path, *recipe, f"--checkpoint={source}")
+    model = config.model
+    assert (model.resnet_depth, model.width_multiplier, model.cifar_stem) == (34, 0.125, True)
+    assert model.ft_proj_selector == 1  # the recipe's choice of head input stays: not a shape
+    assert adoption_lines(caplog) == [
+        f"architecture from --checkpoint={source}: resnet_depth 34 (flagfile said 18), "
+        "width_multiplier 0.125 (flagfile said 0.25), cifar_stem True (default False)"
+    ]
+    # The user's own flagfile is a recipe too; a typed flag that a later flagfile sets again
+    # ends with the flagfile's value.
+    mine = tmp_path / "mine.flags"
+    mine.write_text(f"--flagfile={FOLDER_FINETUNE}\n--width_multiplier=0.5\n")
+    for argv in (
+        (f"--flagfile={mine}", f"--dataset={SMALL_DATA}"),
+        ("--width_multiplier=0.5", *recipe),
+    ):
+        caplog.clear()
+        assert configured(tmp_path, *argv, f"--checkpoint={source}").model == model
+        said = "0.5" if argv[0] == f"--flagfile={mine}" else "0.25"
+        (line,) = adoption_lines(caplog)
+        assert f"width_multiplier 0.125 (flagfile said {said})" in line
+    # Typed flags that agree are taken; nothing to adopt, nothing logged.
+    caplog.clear()
+    agreeing = ("--resnet_depth=34", "--width_multiplier=0.125", "--cifar_stem")
+    assert configured(tmp_path, *recipe, *agreeing, f"--checkpoint={source}").model == model
+    assert adoption_lines(caplog) == []
+
+
+def test_a_typed_shape_flag_that_contradicts_the_checkpoint_is_refused(tmp_path):
+    source = saved_run(tmp_path / "source", OTHER_SHAPE)
+    recipe = (f"--flagfile={FOLDER_FINETUNE}", f"--dataset={SMALL_DATA}", f"--checkpoint={source}")
+    with pytest.raises(ValueError, match=re.escape("width_multiplier: 0.25 vs 0.125")):
+        configured(tmp_path, *recipe, "--width_multiplier=0.25")
+    with pytest.raises(ValueError, match=re.escape("resnet_depth: 50 vs 34")) as refused:
+        configured(tmp_path, "--resnet_depth=50", *recipe[1:])
+    assert "width_multiplier" not in str(refused.value)  # left at its default: it yields
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_evaluates_or_resumes_a_run_of_another_shape(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tf_simclr")
+    model_dir = saved_run(tmp_path / "run", OTHER_SHAPE)
+    recipe = (f"--flagfile={FOLDER_FINETUNE}", f"--dataset={SMALL_DATA}")
+    for mode in ("eval", "train"):
+        caplog.clear()
+        model = configured(tmp_path, *recipe, f"--mode={mode}").model
+        assert (model.resnet_depth, model.width_multiplier, model.cifar_stem) == (34, 0.125, True)
+        assert model.ft_proj_selector == 0  # the run's own head input
+        assert adoption_lines(caplog) == [
+            f"architecture from the run in {model_dir / 'config.json'}: resnet_depth 34 "
+            "(flagfile said 18), width_multiplier 0.125 (flagfile said 0.25), cifar_stem True "
+            "(default False), ft_proj_selector 0 (flagfile said 1)"
+        ]
+    for typed, named in (
+        ("--width_multiplier=0.25", "--width_multiplier=0.25 vs 0.125"),
+        ("--ft_proj_selector=1", "--ft_proj_selector=1 vs 0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            configured(tmp_path, *recipe, "--mode=eval", typed)
+
+
+@pytest.fixture(scope="module")
+def recipe_finetunes(tmp_path_factory):
+    """Fine-tunes with the folder recipe (ResNet-18 at width 0.25) from the shared reference
+    run (width 1/8), as typed in issue 28, and with a typed width that contradicts it."""
+    source = reference_run(tmp_path_factory)
+    root = tmp_path_factory.mktemp("recipe_finetunes")
+    command = (
+        f"--flagfile={FOLDER_FINETUNE.relative_to(REPO_ROOT)}",
+        f"--dataset={SMALL_DATA}",
+        "--image_size=16",
+        f"--checkpoint={source}",
+        "--mode=train",
+        "--train_steps=2",
+        "--train_batch_size=16",
+        "--precision=float32",
+        "--noexport_hub",
+    )
+    cases = {"recipe": command, "typed_width": (*command, "--width_multiplier=0.25")}
+    jobs = {
+        name: (binary_command(f"--model_dir={root / name}", *argv), root / f"{name}.log")
+        for name, argv in cases.items()
+    }
+    return root, source, run_all(jobs)
+
+
+@pytest.mark.slow
+def test_the_binary_starts_a_recipe_from_a_checkpoint_of_another_width(recipe_finetunes):
+    root, source, finished = recipe_finetunes
+    result = finished["recipe"]
+    assert result.returncode == 0, result.tail()
+    assert (
+        f"architecture from --checkpoint={source}: width_multiplier 0.125 (flagfile said 0.25), "
+        "cifar_stem True (default False)"
+    ) in result.output
+    model = read_json(root / "recipe" / "config.json")["model"]
+    assert (model["resnet_depth"], model["width_multiplier"], model["cifar_stem"]) == (
+        18,
+        0.125,
+        True,
+    )
+    assert read_json(root / "recipe" / "result.json")["train"]["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_the_binary_refuses_a_typed_width_that_contradicts_the_checkpoint(recipe_finetunes):
+    root, _, finished = recipe_finetunes
+    result = finished["typed_width"]
+    assert result.returncode == 2, result.tail()
+    assert "width_multiplier: 0.25 vs 0.125" in result.output, result.tail()
+    assert "Traceback" not in result.output
+    assert not (root / "typed_width").exists(), "files were written for a refused command"
 
 
 # --help through both entry points, as a user runs them: ``python -m tf_simclr.run`` and the

@@ -29,7 +29,6 @@ import tensorflow as tf
 
 from tf_simclr import hub, reference
 from tf_simclr.config import ModelConfig, TrainConfig
-from tf_simclr.logs import describe_model
 from tf_simclr.models import SimCLRModel
 
 logger = logging.getLogger("tf_simclr")
@@ -347,7 +346,12 @@ def is_reference_checkpoint(path: str) -> bool:
 
 
 def source_architecture(
-    requested: ModelConfig, source: str, explicit: Collection[str] | None = None
+    requested: ModelConfig,
+    source: str,
+    explicit: Collection[str] | None = None,
+    *,
+    recipe: Collection[str] = (),
+    described_as: str = "",
 ) -> ModelConfig:
     """``requested`` with the encoder and projection head of ``source``: read from the weights of
     a reference checkpoint, from a hub module's configuration asset, or from the ``config.json``
@@ -357,8 +361,11 @@ def source_architecture(
 
     Only shape decides: the fields this run chooses (classes, ``ft_proj_selector``, frozen
     blocks, batch norm, precision) stay as requested. Fields named in ``explicit`` (those the
-    user set; default: those ``requested`` sets to a value other than the default) must agree
-    with the source, else ``ValueError`` names each with both values.
+    user typed; default: those ``requested`` sets to a value other than the default) must agree
+    with the source, else ``ValueError`` names each with both values. The others yield to the
+    source: those named in ``recipe`` (set by a flagfile) and those left at their defaults. One
+    log line names what was taken (``architecture from <described_as or source>: resnet_depth
+    50 (flagfile said 18), cifar_stem True (default False)``).
     """
     if not source:
         return requested
@@ -383,14 +390,42 @@ def source_architecture(
     if conflicts:
         raise ValueError(
             f"{source} holds another architecture than the flags ask for (flags vs source): "
-            f"{'; '.join(conflicts)}. Leave these flags out: the architecture is read from the "
-            "source."
+            f"{'; '.join(conflicts)}. Leave these flags out (a flagfile's shape flags give way "
+            "to the source, typed ones do not): the architecture is read from the source."
         )
     adopted = {field: getattr(found, field) for field in fields}
     result = dataclasses.replace(requested, **adopted)
-    if result != requested:
-        logger.info("architecture read from %s: %s", source, describe_model(result))
+    taken = adoption_summary(requested, result, fields, explicit, recipe)
+    if taken:
+        logger.info("architecture from %s: %s", described_as or source, taken)
     return result
+
+
+def adoption_summary(
+    requested: ModelConfig,
+    adopted: ModelConfig,
+    fields: Iterable[str],
+    explicit: Collection[str],
+    recipe: Collection[str],
+) -> str:
+    """What adopting a source's architecture changed: ``field value (flagfile said X)`` (a field
+    in ``recipe``), ``(command line said X)`` (in ``explicit``: a value that selects the same
+    head output) or ``(default X)`` for each of ``fields`` that changed, comma-separated; empty
+    when none did."""
+    changes = []
+    for field in fields:
+        before, after = getattr(requested, field), getattr(adopted, field)
+        if before == after:
+            continue
+        said = (
+            "command line said"
+            if field in explicit
+            else "flagfile said"
+            if field in recipe
+            else "default"
+        )
+        changes.append(f"{field} {after} ({said} {before})")
+    return ", ".join(changes)
 
 
 # ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head
@@ -403,14 +438,22 @@ RUN_ARCHITECTURE_FIELDS = (
 
 
 def adopt_run_architecture(
-    requested: ModelConfig, saved: ModelConfig, explicit: Collection[str], source: str
+    requested: ModelConfig,
+    saved: ModelConfig,
+    explicit: Collection[str],
+    source: str,
+    *,
+    recipe: Collection[str] = (),
 ) -> ModelConfig:
     """``requested`` with the architecture and head selection of ``saved`` (the ModelConfig of
     the run in ``source``, its config.json), for evaluating or resuming that run.
 
-    Fields named in ``explicit`` (those the user set) must agree with ``saved``;
+    Fields named in ``explicit`` (those the user typed) must agree with ``saved``;
     ``ft_proj_selector`` agrees when it selects the same head output (-1 and N alike). Raises
-    ``ValueError`` naming each conflicting field with both values.
+    ``ValueError`` naming each conflicting field with both values. The others yield: those
+    named in ``recipe`` (set by a flagfile) and those left at their defaults; one log line names
+    what was taken (``architecture from the run in <source>: ...``, as
+    :func:`source_architecture`'s).
     """
     conflicts = []
     for field in RUN_ARCHITECTURE_FIELDS:
@@ -423,13 +466,17 @@ def adopt_run_architecture(
     if conflicts:
         raise ValueError(
             f"the run in {source} was trained with another architecture (flag vs saved): "
-            f"{'; '.join(conflicts)}. Leave these flags out: a run's architecture and head "
-            "selection are read from its config.json; train a new run in another --model_dir "
-            "to change them."
+            f"{'; '.join(conflicts)}. Leave these flags out (a flagfile's give way to the run, "
+            "typed ones do not): a run's architecture and head selection are read from its "
+            "config.json; train a new run in another --model_dir to change them."
         )
-    return dataclasses.replace(
+    adopted = dataclasses.replace(
         requested, **{field: getattr(saved, field) for field in RUN_ARCHITECTURE_FIELDS}
     )
+    taken = adoption_summary(requested, adopted, RUN_ARCHITECTURE_FIELDS, explicit, recipe)
+    if taken:
+        logger.info("architecture from the run in %s: %s", source, taken)
+    return adopted
 
 
 # -- integrity: usable checkpoints, interrupted saves -----------------------------------------

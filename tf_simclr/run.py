@@ -9,6 +9,18 @@ checked before any file is written.
 
     tf-simclr --flagfile=flags/fashion_mnist/pretrain.flags --model_dir=/tmp/run/pretrain
 
+The architecture comes from what a command starts from: ``--checkpoint`` (a run, a hub module
+or a reference checkpoint) decides the shape flags (resnet_depth, width_multiplier, sk_ratio,
+se_ratio, cifar_stem, proj_head_mode, num_proj_layers, proj_out_dim), and the run already in
+``--model_dir``, when the command evaluates or resumes it, decides them and ft_proj_selector.
+A flag typed on the command line is the user's word: when it contradicts that architecture the
+command is refused (status 2, naming both values) before anything is written. A flag read from
+a flagfile (a recipe of ``flags/`` or the user's own, included or not) is a recipe's default:
+it gives way, and one log line names what was taken, e.g. ``architecture from
+--checkpoint=PATH: width_multiplier 1.0 (flagfile said 0.25)``. A flag counts as typed when its
+last occurrence, the one whose value absl keeps, is on the command line outside any flagfile
+(``--width_multiplier=1 --flagfile=recipe.flags`` leaves the recipe's value, a flagfile's).
+
 Exit status: 0 done (also when the run had already finished: nothing is changed), 1 an error
 (a full disk in one line), 2 refused before any work (bad flags or data, the model_dir in use by
 another run), 3 stopped on NaN or Inf, 130 interrupted (Ctrl-C).
@@ -37,7 +49,7 @@ from tf_simclr.config import (
     TrainConfig,
 )
 from tf_simclr.flag_schema import Alias, FlagSchema, install_grouped_help
-from tf_simclr.flagfiles import expand_flagfiles
+from tf_simclr.flagfiles import expand_argv
 from tf_simclr.logs import quiet_tensorflow_logs, start_tensorflow
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -125,21 +137,56 @@ def configs_from_flags(values: dict) -> RunConfig:
     return config
 
 
-def explicit_model_fields(flag_values: flags.FlagValues) -> set[str]:
-    """The ModelConfig fields whose flags the user set (on the command line or in a
-    flagfile), as opposed to those left at their defaults."""
-    return {
-        flag.field.name
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+    """What the binary's flag parser hands to :func:`main` (absl passes it on untouched): the
+    arguments that are not flags, and the names of the flags typed on the command line itself
+    (:meth:`tf_simclr.flagfiles.ExpandedArgv.typed_flags`)."""
+
+    args: list[str]
+    typed: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFlags:
+    """The ModelConfig fields whose flags the user gave, by where: ``typed`` on the command line
+    (the user's word: each must agree with the architecture of ``--checkpoint`` and of the run
+    in ``--model_dir``) or read from a flagfile (``recipe``: a recipe's defaults, which yield
+    to that architecture). The fields of neither kept their defaults, which yield too."""
+
+    typed: frozenset[str]
+    recipe: frozenset[str]
+
+
+def model_flags(flag_values: flags.FlagValues, command_line: CommandLine) -> ModelFlags:
+    """Where the ModelConfig flags of the parsed ``flag_values`` came from."""
+    given = [
+        flag
         for flag in FLAG_SCHEMA.flags()
         if flag.config is ModelConfig and flag_values[flag.name].present
-    }
+    ]
+    return ModelFlags(
+        typed=frozenset(flag.field.name for flag in given if flag.name in command_line.typed),
+        recipe=frozenset(flag.field.name for flag in given if flag.name not in command_line.typed),
+    )
 
 
-def remembered_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
+def run_config(flag_values: flags.FlagValues, command_line: CommandLine) -> RunConfig:
+    """The RunConfig a parsed command line runs with: its flags' configuration with the
+    architecture of the run in ``--model_dir`` (when this command continues it) and of
+    ``--checkpoint``. Raises ValueError (or FileNotFoundError) naming a bad flag, or a typed
+    flag that contradicts either architecture."""
+    given = model_flags(flag_values, command_line)
+    config = configs_from_flags(flag_values.flag_values_dict())
+    return source_architecture(remembered_architecture(config, given), given)
+
+
+def remembered_architecture(config: RunConfig, given: ModelFlags) -> RunConfig:
     """``config`` with the architecture and head selection of the run already in its
     model_dir, when this command evaluates it (``--mode=eval``) or resumes it (it has a
-    checkpoint); unchanged for a new run. ``explicit`` names the ModelConfig fields the user
-    set: each must agree with the saved run (``ValueError`` naming both values otherwise)."""
+    checkpoint); unchanged for a new run. A field the user typed must agree with the saved run
+    (``ValueError`` naming both values otherwise); one from a flagfile yields (see
+    :class:`ModelFlags`)."""
     from tf_simclr import checkpoints
 
     train = config.train
@@ -148,22 +195,30 @@ def remembered_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
     if not (continues and os.path.exists(config_path)):
         return config
     saved = checkpoints.read_model_config(config_path)
-    model = checkpoints.adopt_run_architecture(config.model, saved, explicit, config_path)
+    model = checkpoints.adopt_run_architecture(
+        config.model, saved, given.typed, config_path, recipe=given.recipe
+    )
     return dataclasses.replace(config, model=model)
 
 
-def source_architecture(config: RunConfig, explicit: set[str]) -> RunConfig:
+def source_architecture(config: RunConfig, given: ModelFlags) -> RunConfig:
     """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
-    or a reference checkpoint), checked before anything is written. ``explicit`` names the
-    ModelConfig fields the user set: those that shape the encoder or projection head must agree
-    with the source (``ValueError`` naming both values otherwise); the others are free. An
-    evaluation of the source as it is also takes the input of its supervised head, unless
-    ``--ft_proj_selector`` is given."""
+    or a reference checkpoint), checked before anything is written. Of the fields that shape
+    the encoder or projection head, one the user typed must agree with the source
+    (``ValueError`` naming both values otherwise), one from a flagfile yields (see
+    :class:`ModelFlags`); the others are free. An evaluation of the source as it is also takes
+    the input of its supervised head, unless ``--ft_proj_selector`` is typed."""
     from tf_simclr import checkpoints
 
     source = config.train.init_checkpoint
-    model = checkpoints.source_architecture(config.model, source, explicit)
-    if checkpoints.evaluates_source(config.train) and "ft_proj_selector" not in explicit:
+    model = checkpoints.source_architecture(
+        config.model,
+        source,
+        given.typed,
+        recipe=given.recipe,
+        described_as=f"--checkpoint={source}",
+    )
+    if checkpoints.evaluates_source(config.train) and "ft_proj_selector" not in given.typed:
         found = checkpoints.load_model_config(source)  # --mode=eval reads the source's head
         if found.num_classes:
             model = dataclasses.replace(model, ft_proj_selector=found.ft_proj_selector)
@@ -238,29 +293,25 @@ def _refuse(reason: str, error: BaseException) -> int:
     return 2
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def main(command_line: CommandLine) -> int:
+    """Run the phase the parsed global flags ask for; returns the exit status."""
     start_tensorflow()
     quiet_tensorflow_logs()
     values = flags.FLAGS.flag_values_dict()
     try:
-        explicit = explicit_model_fields(flags.FLAGS)
-        config = remembered_architecture(configs_from_flags(values), explicit)
-        config = source_architecture(config, explicit)
+        config = run_config(flags.FLAGS, command_line)
     except (ValueError, FileNotFoundError) as error:
         return _refuse("invalid flags", error)
     from tf_simclr.training.strategy import (
         check_batch_sizes,
         configure_logical_cpus,
         create_strategy,
+        make_deterministic,
     )
 
     configure_logical_cpus(values["logical_cpu_devices"])
     if values["deterministic"]:
-        # Weight initialisers draw from the global seed: without it two runs start apart.
-        import tf_keras
-
-        tf_keras.utils.set_random_seed(values["seed"])
+        make_deterministic(values["seed"])
     strategy = create_strategy(values["strategy"], values["tpu"])
     train = config.train
     try:
@@ -340,13 +391,16 @@ def _run(config: RunConfig, values: dict, strategy) -> int:
     return 0
 
 
-def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> CommandLine:
     """Parse ``argv`` into ``flag_values`` (defined by :func:`define_flags`), flagfiles
-    expanded so that their includes resolve beside them (:mod:`tf_simclr.flagfiles`)."""
-    return flag_values(expand_flagfiles(argv))
+    expanded so that their includes resolve beside them (:mod:`tf_simclr.flagfiles`); returns
+    the arguments left and the flags typed on the command line itself."""
+    expanded = expand_argv(argv)
+    args = flag_values(list(expanded.argv))
+    return CommandLine(args, expanded.typed_flags(flag_values))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str]) -> CommandLine:
     """:func:`parse_flags` on the global flags; an unknown flag, a bad value or a missing
     flagfile exits with 2 like every invalid flag."""
     try:
@@ -361,7 +415,7 @@ def run_main() -> None:
     define_flags()
     install_grouped_help(__doc__, FLAG_SCHEMA)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    app.run(lambda command_line: sys.exit(main(command_line)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
