@@ -23,6 +23,22 @@ def configure_logical_cpus(count: int) -> None:
     )
 
 
+def make_deterministic(seed: int) -> None:
+    """Make the run a function of its command: the same flags on the same machine give
+    bit-identical weights (``--deterministic``).
+
+    Seeds Python's, NumPy's and TensorFlow's global generators (weight initialisers draw from
+    them) and turns on TensorFlow's op determinism: every op runs a deterministic kernel (or
+    raises if it has none), and tf.data keeps its element order. The input pipeline's own
+    randomness is seeded by ``DataConfig.seed`` whatever this says. Call it before any op runs.
+    Across machines the result still differs by round-off (oneDNN picks other kernels).
+    """
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
     """The strategy called ``name``: default, mirrored, multi_worker (TF_CONFIG) or tpu.
 
