@@ -199,9 +199,10 @@ def test_the_flags_typed_on_the_command_line_are_told_apart(tmp_path):
     values = flags.FlagValues()
     run.define_flags(values)
     assert expanded.typed_flags(values) == {"width_multiplier", "knn_monitor", "temperature"}
-    command_line = run.parse_flags(values, argv)
-    assert command_line.typed == {"width_multiplier", "knn_monitor", "temperature"}
-    assert command_line.args == ["tf-simclr", "--resnet_depth=50"]
+    with pytest.raises(ValueError, match=re.escape("unexpected arguments ['--resnet_depth=50']")):
+        run.parse_flags(values, argv)  # every setting is a flag
+    typed = run.parse_flags(values, argv[:-2])
+    assert typed == {"width_multiplier", "knn_monitor", "temperature"}
     # The values are absl's: the last occurrence wins, wherever it is.
     assert (values.seed, values.resnet_depth, values.width_multiplier) == (1, 18, 0.125)
     assert (values.use_blur, values.sk_ratio, values.temperature) == (False, 0.0625, 0.5)

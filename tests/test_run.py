@@ -2,7 +2,8 @@
 help texts and choices), listed by group by ``--help``; invalid ones are rejected before any work
 (exit code 2, a message naming the flag, nothing written), a non-finite loss stops the run with
 exit code 3 and leaves the last good checkpoint as it was, and the speed flags (``--precision``,
-``--jit_compile``) train."""
+``--jit_compile``) train. A recipe's shape flags give way to the architecture of ``--checkpoint``
+and of the run in ``--model_dir``; typed ones that contradict it are refused (issue 28)."""
 
 from __future__ import annotations
 
@@ -291,8 +292,8 @@ def configured(tmp_path, *argv: str) -> RunConfig:
     """The RunConfig the binary runs with (parsed, then the architecture adopted from
     ``--checkpoint`` and the run in ``--model_dir``), on a fresh FlagValues."""
     values = fresh_flags()
-    command_line = run.parse_flags(values, ["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
-    return run.run_config(values, command_line)
+    typed = run.parse_flags(values, ["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
+    return run.run_config(values, typed)
 
 
 def adoption_lines(caplog) -> list[str]:
@@ -542,6 +543,7 @@ BINARY_CASES = {
     "unknown_flag": (["--lerning_rate=0.1"], "lerning_rate"),
     "bad_enum_value": (["--precision=fp8"], "precision"),
     "unknown_dataset": (["--dataset=imagenet_foo"], "--dataset"),
+    "not_a_flag": (["pretrain"], "unexpected arguments ['pretrain']"),
 }
 
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Collection
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -138,16 +139,6 @@ def configs_from_flags(values: dict) -> RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CommandLine:
-    """What the binary's flag parser hands to :func:`main` (absl passes it on untouched): the
-    arguments that are not flags, and the names of the flags typed on the command line itself
-    (:meth:`tf_simclr.flagfiles.ExpandedArgv.typed_flags`)."""
-
-    args: list[str]
-    typed: frozenset[str]
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelFlags:
     """The ModelConfig fields whose flags the user gave, by where: ``typed`` on the command line
     (the user's word: each must agree with the architecture of ``--checkpoint`` and of the run
@@ -158,25 +149,27 @@ class ModelFlags:
     recipe: frozenset[str]
 
 
-def model_flags(flag_values: flags.FlagValues, command_line: CommandLine) -> ModelFlags:
-    """Where the ModelConfig flags of the parsed ``flag_values`` came from."""
+def model_flags(flag_values: flags.FlagValues, typed: Collection[str]) -> ModelFlags:
+    """Where the ModelConfig flags of the parsed ``flag_values`` came from; ``typed`` names the
+    flags typed on the command line (:func:`parse_flags`)."""
     given = [
         flag
         for flag in FLAG_SCHEMA.flags()
         if flag.config is ModelConfig and flag_values[flag.name].present
     ]
     return ModelFlags(
-        typed=frozenset(flag.field.name for flag in given if flag.name in command_line.typed),
-        recipe=frozenset(flag.field.name for flag in given if flag.name not in command_line.typed),
+        typed=frozenset(flag.field.name for flag in given if flag.name in typed),
+        recipe=frozenset(flag.field.name for flag in given if flag.name not in typed),
     )
 
 
-def run_config(flag_values: flags.FlagValues, command_line: CommandLine) -> RunConfig:
-    """The RunConfig a parsed command line runs with: its flags' configuration with the
-    architecture of the run in ``--model_dir`` (when this command continues it) and of
-    ``--checkpoint``. Raises ValueError (or FileNotFoundError) naming a bad flag, or a typed
-    flag that contradicts either architecture."""
-    given = model_flags(flag_values, command_line)
+def run_config(flag_values: flags.FlagValues, typed: Collection[str]) -> RunConfig:
+    """The RunConfig of the parsed ``flag_values`` (``typed``: the flags typed on the command
+    line, :func:`parse_flags`): the flags' configuration with the architecture of the run in
+    ``--model_dir`` (when this command continues it) and of ``--checkpoint``. Raises ValueError
+    (or FileNotFoundError) naming a bad flag, or a typed flag that contradicts either
+    architecture."""
+    given = model_flags(flag_values, typed)
     config = configs_from_flags(flag_values.flag_values_dict())
     return source_architecture(remembered_architecture(config, given), given)
 
@@ -185,8 +178,8 @@ def remembered_architecture(config: RunConfig, given: ModelFlags) -> RunConfig:
     """``config`` with the architecture and head selection of the run already in its
     model_dir, when this command evaluates it (``--mode=eval``) or resumes it (it has a
     checkpoint); unchanged for a new run. A field the user typed must agree with the saved run
-    (``ValueError`` naming both values otherwise); one from a flagfile yields (see
-    :class:`ModelFlags`)."""
+    (``ValueError`` naming both values otherwise); one from a flagfile or left at its default
+    yields (see :class:`ModelFlags`)."""
     from tf_simclr import checkpoints
 
     train = config.train
@@ -205,9 +198,10 @@ def source_architecture(config: RunConfig, given: ModelFlags) -> RunConfig:
     """``config`` with the encoder and projection head of ``--checkpoint`` (a run, a hub module
     or a reference checkpoint), checked before anything is written. Of the fields that shape
     the encoder or projection head, one the user typed must agree with the source
-    (``ValueError`` naming both values otherwise), one from a flagfile yields (see
-    :class:`ModelFlags`); the others are free. An evaluation of the source as it is also takes
-    the input of its supervised head, unless ``--ft_proj_selector`` is typed."""
+    (``ValueError`` naming both values otherwise), one from a flagfile or left at its default
+    yields (see :class:`ModelFlags`); the fields that do not shape them are free. An evaluation
+    of the source as it is also takes the input of its supervised head, unless
+    ``--ft_proj_selector`` is typed."""
     from tf_simclr import checkpoints
 
     source = config.train.init_checkpoint
@@ -293,13 +287,14 @@ def _refuse(reason: str, error: BaseException) -> int:
     return 2
 
 
-def main(command_line: CommandLine) -> int:
-    """Run the phase the parsed global flags ask for; returns the exit status."""
+def main(typed: frozenset[str]) -> int:
+    """Run the phase the parsed global flags ask for (``typed``: the flags typed on the command
+    line); returns the exit status."""
     start_tensorflow()
     quiet_tensorflow_logs()
     values = flags.FLAGS.flag_values_dict()
     try:
-        config = run_config(flags.FLAGS, command_line)
+        config = run_config(flags.FLAGS, typed)
     except (ValueError, FileNotFoundError) as error:
         return _refuse("invalid flags", error)
     from tf_simclr.training.strategy import (
@@ -391,16 +386,21 @@ def _run(config: RunConfig, values: dict, strategy) -> int:
     return 0
 
 
-def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> CommandLine:
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> frozenset[str]:
     """Parse ``argv`` into ``flag_values`` (defined by :func:`define_flags`), flagfiles
     expanded so that their includes resolve beside them (:mod:`tf_simclr.flagfiles`); returns
-    the arguments left and the flags typed on the command line itself."""
+    the names of the flags typed on the command line itself (not read from a flagfile).
+    Raises ValueError for an argument that is not a flag: every setting is one."""
     expanded = expand_argv(argv)
     args = flag_values(list(expanded.argv))
-    return CommandLine(args, expanded.typed_flags(flag_values))
+    if args[1:]:
+        raise ValueError(
+            f"unexpected arguments {args[1:]}: every setting is a flag (--name=value)."
+        )
+    return expanded.typed_flags(flag_values)
 
 
-def _parse_flags(argv: list[str]) -> CommandLine:
+def _parse_flags(argv: list[str]) -> frozenset[str]:
     """:func:`parse_flags` on the global flags; an unknown flag, a bad value or a missing
     flagfile exits with 2 like every invalid flag."""
     try:
@@ -415,7 +415,8 @@ def run_main() -> None:
     define_flags()
     install_grouped_help(__doc__, FLAG_SCHEMA)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    app.run(lambda command_line: sys.exit(main(command_line)), flags_parser=_parse_flags)
+    # absl hands what the parser returns (the typed flags) to main untouched.
+    app.run(lambda typed: sys.exit(main(typed)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
