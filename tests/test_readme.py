@@ -10,6 +10,7 @@ and ``photo.jpg``, with these substitutions and nothing else:
   its recipe expands; ``make demo`` and ``make test`` themselves take minutes);
 - ``. .venv/bin/activate``: the activation script of the interpreter running the tests exists
   (the tests already run inside that environment);
+- Python blocks run as files in a fresh interpreter (this one), ``TF_USE_LEGACY_KERAS`` unset;
 - ``tf-simclr`` and ``tf-simclr-export`` run as ``python -m tf_simclr.run`` and
   ``python -m tf_simclr.export_hub`` with this interpreter;
 - repository paths in flags (``--flagfile=flags/...``, ``--checkpoint=pretrained/...``) are made
@@ -17,8 +18,8 @@ and ``photo.jpg``, with these substitutions and nothing else:
 - every ``tf-simclr`` command is shortened by :data:`SHORTER` (a few steps of small batches at
   32 px, a one-batch evaluation), appended after the command's own flags;
 - the placeholder ``MODEL_DIR`` is the own-images fine-tuning run, ``runs/photos/finetune``;
-- the placeholder ``STEP`` in ``.../hub/STEP`` and ``.../ckpt/ckpt-STEP`` is the step of that
-  run's newest module or checkpoint;
+- the placeholder ``STEP`` in ``RUN/hub/STEP`` and ``RUN/ckpt/ckpt-STEP`` is the step of the
+  newest module or checkpoint of the run ``RUN``;
 - ``/tmp/`` is a folder of the scratch directory.
 
 The README's own-images commands (after the ``<!-- own-images:`` marker) run first: the other
@@ -35,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from binary_runs import REPO_ROOT, assert_succeeded, finish, read_json, run_child, start
+from binary_runs import (
+    REPO_ROOT,
+    assert_succeeded,
+    child_env,
+    finish,
+    read_json,
+    run_child,
+    start,
+)
 from PIL import Image
 
 from tf_simclr.hub import read_module_info
@@ -176,7 +185,10 @@ def run_step(step: Step, scratch: Path, name: str) -> str:
         return finished.output
     program = scratch / f"{name}.py"
     program.write_text(substitute(step.text, scratch), encoding="utf-8")
-    result = run_child([sys.executable, str(program)], cwd=scratch)
+    # As a user runs it: without the TF_USE_LEGACY_KERAS the binaries' environment sets.
+    result = run_child(
+        [sys.executable, str(program)], cwd=scratch, env=child_env(TF_USE_LEGACY_KERAS=None)
+    )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     return result.stdout
 
