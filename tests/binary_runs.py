@@ -214,8 +214,13 @@ def assert_succeeded(finished: Finished) -> None:
     )
 
 
-def shared_runs(tmp_path_factory, runs: dict[str, tuple[str, ...]]) -> dict[str, Path]:
-    """model_dirs of the named runs (``{name: flags}``), shared by every test of the session.
+def shared_runs(
+    tmp_path_factory,
+    runs: dict[str, tuple[str, ...]],
+    envs: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Path]:
+    """model_dirs of the named runs (``{name: flags}``), shared by every test of the session;
+    ``envs`` adds environment variables to some of them (``{name: {variable: value}}``).
 
     A run already finished in this session (same name) is reused; the missing ones are started
     together, so that their single-threaded phases (imports, tracing) overlap. Under
@@ -240,8 +245,13 @@ def shared_runs(tmp_path_factory, runs: dict[str, tuple[str, ...]]) -> dict[str,
         }
         for name in missing:
             shutil.rmtree(dirs[name], ignore_errors=True)
-        for finished in run_all(missing).values():
-            assert_succeeded(finished)
+        envs = envs or {}
+        processes = [
+            start(command, log, child_env(**envs.get(name, {})))
+            for name, (command, log) in missing.items()
+        ]
+        for process in processes:
+            assert_succeeded(finish(process))
     return dirs
 
 

@@ -10,10 +10,12 @@ import tf_keras as keras
 from replica_equivalence import (
     assert_same_weights,
     excluded_from_decay,
+    reordered,
     run_steps,
     tiny_model,
     two_views,
 )
+from tolerances import drift_tolerance
 
 from tf_simclr.config import OptimConfig
 from tf_simclr.objectives import (
@@ -277,8 +279,24 @@ def test_lars_steps_and_checkpoint_restore_match_single_device(
     uninterrupted_losses = run_steps(
         one_device_strategy, uninterrupted_model, uninterrupted_optimizer, first_views + later_views
     )
+    # The same three steps on reordered batches measure the round-off spread (tests/tolerances.py).
+    reordered_model, reordered_optimizer = make(one_device_strategy)
+    reordered_losses = run_steps(
+        one_device_strategy,
+        reordered_model,
+        reordered_optimizer,
+        reordered(first_views + later_views),
+    )
 
-    np.testing.assert_allclose(results["single"][0], results["mirrored"][0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(results["single"][0], uninterrupted_losses, rtol=1e-5, atol=1e-5)
-    assert_same_weights(results["single"][1], results["mirrored"][1])
-    assert_same_weights(results["single"][1], uninterrupted_model)
+    single_losses = np.array(results["single"][0])
+    spread = float(np.max(np.abs(single_losses - reordered_losses)))
+    atol = drift_tolerance(spread, 3, float(np.max(np.abs(single_losses))))
+    np.testing.assert_allclose(results["mirrored"][0], single_losses, rtol=0, atol=atol)
+    assert_same_weights(results["single"][1], results["mirrored"][1], reordered_model, steps=3)
+    # Exact: a restored checkpoint holds the very float32 values, and the same device runs the
+    # same kernels on them, so resuming changes no bit.
+    np.testing.assert_array_equal(single_losses, uninterrupted_losses)
+    for resumed, uninterrupted in zip(
+        results["single"][1].weights, uninterrupted_model.weights, strict=True
+    ):
+        np.testing.assert_array_equal(resumed.numpy(), uninterrupted.numpy(), err_msg=resumed.name)
