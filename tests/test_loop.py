@@ -32,6 +32,7 @@ from regression_loop import (
 
 from tf_simclr import checkpoints
 from tf_simclr.config import (
+    MIN_STEPS_BETWEEN_CHECKPOINTS,
     AugmentConfig,
     DataConfig,
     LossConfig,
@@ -238,7 +239,7 @@ def test_the_checkpoint_cadence_of_epochs_keeps_saves_apart():
     def interval(examples: int, batch: int, **train: object) -> int:
         return runner.checkpoint_interval(TrainConfig(model_dir="x", **train), examples, batch)
 
-    minimum = runner.MIN_STEPS_BETWEEN_CHECKPOINTS
+    minimum = MIN_STEPS_BETWEEN_CHECKPOINTS
     assert interval(180, 180) == minimum  # 1 epoch is 1 step: not a save per step
     assert interval(180, 128, checkpoint_epochs=10) == 14
     assert interval(60000, 256) == 234  # fashion_mnist/pretrain.flags: every epoch

@@ -332,6 +332,10 @@ class MemoryConfig:
 
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 RUN_MODES = ("train", "eval", "train_then_eval")
+# The fewest steps between two checkpoints of a cadence in epochs (issue 28): on a training set of
+# a batch or two an epoch is a step, and a save (and the kNN monitor at each) per step would cost
+# more than the training.
+MIN_STEPS_BETWEEN_CHECKPOINTS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,9 +343,13 @@ class TrainConfig:
     """One phase of the SimCLRv2 pipeline (SimCLRv2 section 2: pretrain, fine-tune, distill).
 
     ``train_steps`` overrides ``train_epochs`` when > 0; ``checkpoint_steps`` overrides
-    ``checkpoint_epochs`` when > 0. ``init_checkpoint`` (the reference's ``--checkpoint``) is a
-    training checkpoint, a model_dir or an exported hub module to start fine-tuning from;
-    ``teacher`` is the same for distillation. ``eval_steps == 0`` evaluates the whole split.
+    ``checkpoint_epochs`` when > 0. Epochs are counted in images seen (step x global batch /
+    training examples); a cadence in epochs keeps checkpoints at least
+    :data:`MIN_STEPS_BETWEEN_CHECKPOINTS` steps apart, and the last step is always saved. A
+    ``train_batch_size`` larger than the training set is capped to it (by the runner).
+    ``init_checkpoint`` (the reference's ``--checkpoint``) is a training checkpoint, a model_dir
+    or an exported hub module to start fine-tuning from; ``teacher`` is the same for
+    distillation. ``eval_steps == 0`` evaluates the whole split.
     A progress line is logged every ``log_every_steps`` steps and at the last step, whatever
     ``steps_per_loop`` and the checkpoint cadence are.
     """
@@ -358,7 +366,10 @@ class TrainConfig:
     log_every_steps: int = setting(
         100, "Log a progress line every this many steps (and at the last one)."
     )
-    checkpoint_epochs: float = setting(1.0, "Checkpoint every this many epochs.")
+    checkpoint_epochs: float = setting(
+        1.0,
+        f"Checkpoint every this many epochs, at least {MIN_STEPS_BETWEEN_CHECKPOINTS} steps apart.",
+    )
     checkpoint_steps: int = setting(0, "Checkpoint every this many steps (overrides).")
     keep_checkpoint_max: int = setting(5, "Checkpoints kept in model_dir/ckpt.")
     keep_hub_module_max: int = setting(1, "Hub modules kept in model_dir/hub (0: all).")

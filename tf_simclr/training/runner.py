@@ -10,7 +10,7 @@ Constructing a :class:`PhaseRunner` reads and checks everything the run needs (d
 labeled subset, batch, step count) and writes nothing. Against the size of the training set it
 caps a batch larger than the set (:func:`capped_batch_size`), counts epochs in images seen (step
 x global batch / training examples) and keeps checkpoints of a cadence in epochs at least
-:data:`MIN_STEPS_BETWEEN_CHECKPOINTS` apart (:func:`checkpoint_interval`).
+:data:`~tf_simclr.config.MIN_STEPS_BETWEEN_CHECKPOINTS` apart (:func:`checkpoint_interval`).
 :meth:`PhaseRunner.recorded_result` recognises a run that already did everything its mode asks
 for, so that rerunning a finished command changes nothing. JSON files are replaced atomically;
 training resumes from the newest usable checkpoint.
@@ -28,7 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints, hub, logs
-from tf_simclr.config import RunConfig, TrainConfig
+from tf_simclr.config import MIN_STEPS_BETWEEN_CHECKPOINTS, RunConfig, TrainConfig
 from tf_simclr.data import build_distributed_dataset
 from tf_simclr.model_dir import write_class_names, write_json_atomically
 from tf_simclr.models import SimCLRModel
@@ -40,11 +40,6 @@ logger = logging.getLogger("tf_simclr")
 
 
 RESULT_FILENAME = "result.json"
-# The fewest steps between two checkpoints of a cadence given in epochs (``checkpoint_epochs``):
-# on a training set of a batch or two an epoch is a step, and a save (with the kNN monitor that
-# runs at each) per step would cost more than the training (issue 28). ``checkpoint_steps`` sets
-# any cadence exactly, and the last step is always saved.
-MIN_STEPS_BETWEEN_CHECKPOINTS = 10
 
 
 def capped_batch_size(batch: int, num_examples: int, replicas: int) -> int:
@@ -71,7 +66,8 @@ def capped_batch_size(batch: int, num_examples: int, replicas: int) -> int:
 def checkpoint_interval(train: TrainConfig, num_examples: int, batch: int) -> int:
     """Steps between checkpoints: ``checkpoint_steps`` when set; otherwise ``checkpoint_epochs``
     counted in images seen (``checkpoint_epochs * num_examples // batch`` steps, as the
-    reference), but at least :data:`MIN_STEPS_BETWEEN_CHECKPOINTS`."""
+    reference), but at least ``MIN_STEPS_BETWEEN_CHECKPOINTS`` (the loop always saves the last
+    step)."""
     if train.checkpoint_steps:
         return train.checkpoint_steps
     steps = int(train.checkpoint_epochs * num_examples // batch)
