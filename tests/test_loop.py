@@ -36,6 +36,7 @@ from tf_simclr.config import (
     AugmentConfig,
     DataConfig,
     LossConfig,
+    MemoryConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
@@ -233,6 +234,14 @@ def test_a_batch_larger_than_the_training_set_is_capped_with_one_warning(tmp_pat
     assert capped.phase.config.train.train_batch_size == 40
     assert start_line_of(caplog).endswith("5 steps of batch 40 (5 epochs), 1 steps per epoch")
     assert capped.loop_settings(resume_from=None).global_batch_size == 40
+    # A memory of negatives takes one projection per image of each step: 512 divided 1024, the
+    # capped batch does not.
+    with_memory = dataclasses.replace(
+        run_config(tmp_path, 40, train_batch_size=512, train_steps=5),
+        memory=MemoryConfig(memory_size=1024),
+    )
+    with pytest.raises(ValueError, match=r"capped to 40 .* --memory_size=1024"):
+        runner.PhaseRunner(with_memory, tf.distribute.get_strategy())
 
 
 def test_the_checkpoint_cadence_of_epochs_keeps_saves_apart():

@@ -107,9 +107,9 @@ class PhaseRunner:
         memory_size = self.config.memory.memory_size
         if memory_size % batch:
             raise ValueError(
-                f"--train_batch_size={train.train_batch_size} is capped to the {batch} training "
-                f"examples, which do not divide --memory_size={memory_size}; use a memory of a "
-                f"multiple of {batch} images, or more data."
+                f"--train_batch_size={train.train_batch_size} is capped to {batch} ({examples} "
+                f"training examples), which does not divide --memory_size={memory_size}: every "
+                f"step writes one projection per image; use a multiple of {batch}, or more data."
             )
         logger.warning(
             "--train_batch_size=%d is larger than the %d training examples: training with "
