@@ -430,11 +430,12 @@ def adoption_summary(
 
 # ModelConfig fields a run keeps for its whole life: what its checkpoints hold and which head
 # output its supervised head reads. num_classes is left out (the data decides it).
-RUN_ARCHITECTURE_FIELDS = (
-    ARCHITECTURE_FIELDS["encoder"]
-    + ARCHITECTURE_FIELDS["projection_head"]
-    + ("ft_proj_selector", "supervised_head_batch_norm")
+# The log line of an adoption names the flags among them; supervised_head_batch_norm has no
+# flag (the phase sets it), so taking it back from the run is not news to the user.
+RUN_ARCHITECTURE_FLAGS = (
+    ARCHITECTURE_FIELDS["encoder"] + ARCHITECTURE_FIELDS["projection_head"] + ("ft_proj_selector",)
 )
+RUN_ARCHITECTURE_FIELDS = (*RUN_ARCHITECTURE_FLAGS, "supervised_head_batch_norm")
 
 
 def adopt_run_architecture(
@@ -473,7 +474,7 @@ def adopt_run_architecture(
     adopted = dataclasses.replace(
         requested, **{field: getattr(saved, field) for field in RUN_ARCHITECTURE_FIELDS}
     )
-    taken = adoption_summary(requested, adopted, RUN_ARCHITECTURE_FIELDS, explicit, recipe)
+    taken = adoption_summary(requested, adopted, RUN_ARCHITECTURE_FLAGS, explicit, recipe)
     if taken:
         logger.info("architecture from the run in %s: %s", source, taken)
     return adopted
