@@ -54,17 +54,28 @@ def data_flags() -> list[str]:
     return ["--dataset=synthetic:size=28,count=6000,classes=10"]
 
 
-def run_phase(name: str, flagfile: str, extra: tuple[str, ...], run_dir: str) -> dict:
-    model_dir = os.path.join(run_dir, name)
-    command = [
+def phase_command(
+    name: str, flagfile: str, extra: tuple[str, ...], run_dir: str, seed: int
+) -> list[str]:
+    """The ``tf-simclr`` command of one phase: its recipe, its model_dir under ``run_dir``, the
+    phase's own flags and ``--seed`` (the label subset, the augmentations and, with it, the
+    initialisation differ from seed to seed: the demo's spread is measured over seeds)."""
+    return [
         sys.executable,
         "-m",
         "tf_simclr.run",
         f"--flagfile=flags/fashion_mnist/{flagfile}",
-        f"--model_dir={model_dir}",
+        f"--model_dir={os.path.join(run_dir, name)}",
         *(flag.format(run=run_dir) for flag in extra),
+        f"--seed={seed}",
         *data_flags(),
     ]
+
+
+def run_phase(name: str, flagfile: str, extra: tuple[str, ...], run_dir: str, seed: int) -> dict:
+    """Run one phase as a child process; its result.json, with the wall time in seconds."""
+    model_dir = os.path.join(run_dir, name)
+    command = phase_command(name, flagfile, extra, run_dir, seed)
     print(f"\n=== {name}: {' '.join(command[2:])}", flush=True)
     started = time.time()
     subprocess.run(command, cwd=REPO_ROOT, check=True)
@@ -77,13 +88,20 @@ def run_phase(name: str, flagfile: str, extra: tuple[str, ...], run_dir: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run_dir", default=os.path.join(REPO_ROOT, "demo_run"))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of every phase: the 1%% label subset, augmentations, initialisation.",
+    )
     args = parser.parse_args()
     started = time.time()
     phases = list(PHASES)
     if os.path.isdir(RELEASED_ENCODER) and not data_flags():
         phases.append(RELEASED_PHASE)
     results = {
-        name: run_phase(name, flagfile, extra, args.run_dir) for name, flagfile, extra in phases
+        name: run_phase(name, flagfile, extra, args.run_dir, args.seed)
+        for name, flagfile, extra in phases
     }
     pretrain_eval = results["pretrain"]["eval"]
     print("\nTop-1 accuracy on the 10,000 Fashion-MNIST test images")
