@@ -55,6 +55,9 @@ def test_batched_crop_equals_tf_image_resize_of_each_crop():
         crop = images[i, y : y + h, x : x + w].astype(np.float32)
         expected = tf.image.resize(crop[None], [24, 24], method="bicubic")[0].numpy() / 255.0
         expected = np.clip(expected[:, ::-1] if flips[i] else expected, 0.0, 1.0)
+        # Bound: bicubic is two 4-tap passes, sum|w| <= 1.25, of pixels <= 255:
+        # (reduction_bound(4, 1.25 * 255) + reduction_bound(4, 1.25**2 * 255)) / 255 = 1.3e-6,
+        # plus one division (eps/2 = 6e-8).
         np.testing.assert_allclose(batched[i].numpy(), expected, atol=2e-6)
         single = augment.crop_resize_image(tf.constant(images[i]), boxes[i], 24, flips[i])
         np.testing.assert_allclose(single.numpy(), expected, atol=2e-6)
@@ -68,7 +71,7 @@ def test_evaluation_crop_is_the_central_87_5_percent_of_the_shorter_side():
     # side = rint(0.875 * 80) = 70, offsets ((100 - 70 + 1) // 2, (80 - 70 + 1) // 2) = (15, 5)
     crop = image[15:85, 5:75].astype(np.float32)
     expected = tf.image.resize(crop[None], [64, 64], method="bicubic")[0].numpy() / 255.0
-    np.testing.assert_allclose(view.numpy(), np.clip(expected, 0, 1), atol=2e-6)
+    np.testing.assert_allclose(view.numpy(), np.clip(expected, 0, 1), atol=2e-6)  # as above
 
 
 def test_no_evaluation_crop_at_the_cifar_size():
@@ -77,10 +80,11 @@ def test_no_evaluation_crop_at_the_cifar_size():
     small = np.random.default_rng(2).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     resized = augmenter.crop_example(tf.constant(small), seed, training=False)
     expected = tf.image.resize(small[None].astype(np.float32), [32, 32], method="bicubic")[0]
+    # Bound: bicubic's two 4-tap passes, 1.3e-6 (see the crop test above).
     np.testing.assert_allclose(resized.numpy(), np.clip(expected.numpy() / 255, 0, 1), atol=2e-6)
     same = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     batch = augmenter.crop_batch(tf.constant(same), seed, training=False)
-    np.testing.assert_allclose(batch.numpy(), same / 255.0, atol=1e-6)
+    np.testing.assert_allclose(batch.numpy(), same / 255.0, atol=1e-6)  # bound: one division
 
 
 def reference_jitter(image, params, index, mode):
@@ -121,6 +125,8 @@ def test_color_distortion_equals_the_reference_tf_image_sequence(mode, jit, stre
     assert params.apply.numpy().any() and not params.apply.numpy().all()
     assert params.grayscale.numpy().any()
     expected = tf.stack([reference_jitter(images[i], params, i, mode) for i in range(24)])
+    # Bound: ~20 float32 operations on values in [0, 1] (RGB <-> HSV, products, clips) and
+    # contrast's mean over the image, reduction_bound(pixels, 1) / pixels each: < 1e-5.
     np.testing.assert_allclose(distorted.numpy(), expected.numpy(), atol=1e-5)
 
 
@@ -131,13 +137,14 @@ def test_jitter_parameter_ranges_follow_the_strength():
             extremes, AugmentConfig(image_size=32, color_jitter_strength=strength)
         )
         low, high = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
+        # Bound: a float32 affine map of 0 or 1, two roundings (rel 2 * eps/2 < 1e-6).
         for factor in (params.brightness_scale, params.contrast, params.saturation):
             np.testing.assert_allclose(factor.numpy().ravel(), [low, high], rtol=1e-6)
         np.testing.assert_allclose(params.hue.numpy().ravel(), [-0.2 * strength, 0.2 * strength])
     v1 = color.jitter_parameters(
         extremes, AugmentConfig(image_size=32, color_jitter_mode="simclrv1")
     )
-    np.testing.assert_allclose(v1.brightness_shift.numpy().ravel(), [-0.8, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(v1.brightness_shift.numpy().ravel(), [-0.8, 0.8], rtol=1e-6)  # same
     np.testing.assert_array_equal(v1.brightness_scale.numpy().ravel(), [1.0, 1.0])
     orders = color.jitter_parameters(uniforms((50, 10), 6), AugmentConfig(image_size=32)).order
     np.testing.assert_array_equal(np.sort(orders.numpy(), axis=1), np.tile(np.arange(4), (50, 1)))
@@ -152,6 +159,7 @@ def test_flip_jitter_grayscale_and_blur_frequencies_match_their_probabilities():
     ramp = np.broadcast_to(np.linspace(0, 255, 24, dtype=np.uint8)[None, :, None], (24, 24, 3))
     images = tf.constant(np.broadcast_to(ramp, (count, 24, 24, 3)).copy())
     crops = augmenter.crop_batch(images, tf.constant([1, 2], tf.int64), training=True).numpy()
+    # Bound: an identity crop and a division (eps/2); neighbouring ramp values are 0.04 apart.
     flipped = np.all(np.isclose(crops, ramp[:, ::-1] / 255.0, atol=1e-5), axis=(1, 2, 3))
     unflipped = np.all(np.isclose(crops, ramp / 255.0, atol=1e-5), axis=(1, 2, 3))
     assert (flipped ^ unflipped).all()
@@ -159,6 +167,8 @@ def test_flip_jitter_grayscale_and_blur_frequencies_match_their_probabilities():
 
     colorful = uniforms((count, 6, 6, 3), 7)
     distorted = color.ColorDistortion(config)(colorful, uniforms((count, 10), 8)).numpy()
+    # Bound: grayscale writes one value to the 3 channels (exactly equal); a jitter moves pixels
+    # by ~0.1, far above 1e-4, round-off of an identity by ~1e-7, far below.
     gray = np.all(np.abs(distorted - distorted[..., :1]) < 1e-6, axis=(1, 2, 3))
     changed = np.any(np.abs(distorted - colorful.numpy()) > 1e-4, axis=(1, 2, 3))
     assert binomial_ok(int(gray.sum()), count, 0.2)
@@ -166,6 +176,7 @@ def test_flip_jitter_grayscale_and_blur_frequencies_match_their_probabilities():
 
     noisy = uniforms((count, 24, 24, 3), 9)
     blurred = blur.RandomBlur(config)(noisy, uniforms((count, blur.BLUR_UNIFORMS), 10)).numpy()
+    # Bound: a blur of noise moves pixels by ~0.1; the unblurred ones are copies (0).
     was_blurred = np.any(np.abs(blurred - noisy.numpy()) > 1e-5, axis=(1, 2, 3))
     assert binomial_ok(int(was_blurred.sum()), count, 0.5)
 
@@ -189,9 +200,12 @@ def test_blur_equals_numpy_lowers_high_frequencies_and_keeps_the_mean(implementa
     sigmas = np.array([1.5, 0.7], np.float32)
     blurred = implementation(tf.constant(images), tf.constant(sigmas), radius).numpy()
     for i in range(2):
+        # Bound: two passes of 2 * radius + 1 = 7 taps, weights summing to 1, of values <= 1:
+        # 2 * reduction_bound(7, 1) = 1.7e-6 against float64 NumPy (< 1e-5).
         np.testing.assert_allclose(
             blurred[i], numpy_blur(images[i], float(sigmas[i]), radius), atol=1e-5
         )
+        # Bound: not round-off: the blur keeps the mean but for the borders' padding (~1e-3).
         assert abs(blurred[i].mean() - images[i].mean()) < 2e-3
 
     def high_frequency_energy(x):
@@ -227,11 +241,13 @@ def test_same_seed_same_views_and_jit_matches_graph_mode():
         )
         outputs.append(augmenter.distort(augmenter.crop_batch(images, seed, True), seed).numpy())
     np.testing.assert_array_equal(outputs[0], outputs[1])
+    # Bound: XLA's kernels sum the blur's taps and contrast's image mean in another order:
+    # the same chain as against NumPy above, < 1e-5 on values in [0, 1].
     np.testing.assert_allclose(outputs[0], outputs[2], atol=1e-5)
     other = augment.Augmenter(AugmentConfig(image_size=32)).crop_batch(
         images, tf.constant([5, 7], tf.int64), True
     )
-    assert not np.allclose(other.numpy(), outputs[0])
+    assert not np.allclose(other.numpy(), outputs[0])  # other crops differ by ~0.1
 
 
 @pytest.mark.parametrize("jit", [True, False])
@@ -245,4 +261,4 @@ def test_per_example_distortion_equals_the_batched_one(jit):
     for i in range(16):
         single = distortion.distort_example(images[i], color_draws[i])
         single = random_blur.blur_example(single, blur_draws[i])
-        np.testing.assert_allclose(single.numpy(), batched[i], atol=1e-5)
+        np.testing.assert_allclose(single.numpy(), batched[i], atol=1e-5)  # the chain above

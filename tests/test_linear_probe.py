@@ -21,6 +21,8 @@ def test_standardize_uses_the_training_statistics_everywhere():
     train[:, 2] = 7.0  # a constant column stays finite (0 after centring)
     test = rng.normal(size=(10, 4))
     train_x, test_x = standardize(train, test)
+    # Bound: standardize computes in float64 and rounds to float32 once: values < 4 within
+    # 4 * 2**-24 = 2.4e-7, and NumPy's pairwise float32 mean of 50 of them adds less.
     np.testing.assert_allclose(train_x.mean(axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(train_x.std(axis=0), [1, 1, 0, 1], atol=1e-6)
     std = train.std(axis=0)
@@ -63,6 +65,8 @@ def test_probe_reaches_the_numpy_optimum():
     config = LinearProbeConfig(weight_decay=0.05, learning_rate=0.05, target_steps=3000)
     _, _, loss = fit_linear_probe(x, y, classes, config)
     optimum = _numpy_optimum(x, y, classes, 0.05)
+    # Bound: the optimisation gap of 3000 SGD steps on a strongly convex loss (not round-off,
+    # which a contraction does not amplify); the under-trained probe below is > 0.05 away.
     assert loss == pytest.approx(optimum, abs=2e-3)
     # ... and an under-trained probe is measurably worse, so the check can fail.
     _, _, early = fit_linear_probe(

@@ -19,7 +19,7 @@ from replica_equivalence import (
     tiny_model,
     two_views,
 )
-from tolerances import drift_tolerance
+from tolerances import drift_tolerance, reduction_bound
 
 from tf_simclr.objectives import (
     contrastive_loss,
@@ -66,8 +66,13 @@ def test_nt_xent_matches_numpy_paper_formula(n: int, dim: int, temperature: floa
         tf.constant(hidden), temperature=temperature, loss_scale="paper"
     )
 
-    np.testing.assert_allclose(loss.numpy(), 2.0 * paper, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(paper_loss.numpy(), paper, rtol=1e-5, atol=1e-5)
+    # Bound: a logit is a cosine of rows normalised in float32 (dim + 2 roundings each) over the
+    # temperature, within reduction_bound(2 * dim + 4, 1) / temperature; an anchor's loss (a
+    # log-sum-exp minus a logit) moves by twice that, plus the rounding of its 2n-term sum.
+    per_logit = reduction_bound(2 * dim + 4, 1.0) / temperature
+    atol = 2 * per_logit + reduction_bound(2 * n, 1.0)
+    np.testing.assert_allclose(loss.numpy(), 2.0 * paper, rtol=0, atol=2 * atol)
+    np.testing.assert_allclose(paper_loss.numpy(), paper, rtol=0, atol=atol)
 
 
 def test_nt_xent_without_hidden_norm_uses_raw_dot_products() -> None:
@@ -75,6 +80,8 @@ def test_nt_xent_without_hidden_norm_uses_raw_dot_products() -> None:
     hidden = (0.3 * rng.normal(size=(10, 6))).astype(np.float32)
     loss, _, _ = contrastive_loss(tf.constant(hidden), temperature=0.5, hidden_norm=False)
     expected = 2.0 * _paper_nt_xent(hidden, 0.5, hidden_norm=False)
+    # Bound: 6-term dot products of values < 1.5, reduction_bound(6, 6 * 1.5**2) / 0.5 = 2e-5
+    # worst case per logit; the log-sum-exp keeps it (atol 1e-5 is ~10x the typical error).
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -89,6 +96,8 @@ def test_nt_xent_collinear_embeddings_closed_form(n: int, temperature: float) ->
     loss, _, _ = contrastive_loss(hidden, temperature=temperature)
     paper_loss, _, _ = contrastive_loss(hidden, temperature=temperature, loss_scale="paper")
 
+    # Bound: cosines of 12-dim unit rows within reduction_bound(12, 1) + a few eps of 1, over
+    # temperatures >= 0.05: logit errors < 4e-5 absolute, that relative to log(3) >= 1.1.
     np.testing.assert_allclose(loss.numpy(), 2.0 * math.log(2 * n - 1), rtol=1e-5)
     np.testing.assert_allclose(paper_loss.numpy(), math.log(2 * n - 1), rtol=1e-5)
 
@@ -104,6 +113,7 @@ def test_logits_and_labels_layout() -> None:
 
     assert logits.shape == (n, 2 * n) and labels.shape == (n, 2 * n)
     np.testing.assert_array_equal(labels.numpy(), np.eye(n, 2 * n))
+    # Bound: 5-term cosines, reduction_bound(5, 1) + normalisation (~8 eps) / 0.2 = 6e-6.
     np.testing.assert_allclose(logits.numpy()[:, :n], z1 @ z2.T / temperature, atol=1e-5)
     off_diagonal = ~np.eye(n, dtype=bool)
     aa = logits.numpy()[:, n:]
@@ -131,7 +141,9 @@ def test_contrastive_metrics_match_numpy() -> None:
     metrics = contrastive_metrics(logits, labels)
 
     assert 0.4 < expected_accuracy < 1.0  # the matching half is found, not every mismatch
+    # Exact: a count of correct rows over n (one float32 division, within the default 1e-7).
     np.testing.assert_allclose(metrics["contrast_acc"].numpy(), expected_accuracy)
+    # Bound: a float32 softmax and its entropy over 2n - 1 terms: a few (2n) eps relative.
     np.testing.assert_allclose(metrics["contrast_entropy"].numpy(), expected_entropy, rtol=1e-5)
 
 
@@ -140,6 +152,7 @@ def test_contrastive_metrics_uniform_distribution_entropy() -> None:
     hidden = tf.ones((2 * n, 4))  # all similarities equal: uniform over the 2n - 1 candidates
     _, logits, labels = contrastive_loss(hidden, temperature=0.1)
     metrics = contrastive_metrics(logits, labels)
+    # Bound: as above, a float32 entropy of 5 equal probabilities, a few eps relative.
     np.testing.assert_allclose(metrics["contrast_entropy"].numpy(), math.log(2 * n - 1), rtol=1e-5)
 
 
@@ -160,6 +173,9 @@ def test_nt_xent_gradient_matches_finite_differences() -> None:
         minus[index] -= step
         difference = _paper_nt_xent(plus, temperature) - _paper_nt_xent(minus, temperature)
         numeric[index] = 2.0 * difference / (2 * step)
+    # Bound: central differences of step h = 1e-6 in float64: truncation h**2 |f'''| ~ 1e-12,
+    # rounding 2**-52 |f| / h ~ 1e-9; the float32 gradient itself is within a few eps of its
+    # size (< 1): 1e-4 leaves 100x.
     np.testing.assert_allclose(gradient, numeric, atol=1e-4)
 
 
@@ -170,6 +186,7 @@ def test_nt_xent_under_tf_function_with_unknown_batch() -> None:
         lambda h: contrastive_loss(h, temperature=0.3)[0],
         input_signature=[tf.TensorSpec([None, 3], tf.float32)],
     )
+    # Bound: as for the paper formula above (3-dim cosines over 0.3).
     np.testing.assert_allclose(
         compute(tf.constant(hidden)).numpy(), 2.0 * _paper_nt_xent(hidden, 0.3), rtol=1e-5
     )
@@ -212,6 +229,7 @@ def test_supervised_loss_matches_numpy() -> None:
     loss = supervised_loss(tf.constant(labels), tf.constant(logits))
     smoothed = supervised_loss(tf.constant(labels), tf.constant(logits), label_smoothing=smoothing)
 
+    # Bound: a float32 log-softmax over 5 logits < 4 and a mean of 6: a few (< 16) eps.
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(smoothed.numpy(), expected_smoothed, rtol=1e-5)
 
@@ -244,12 +262,14 @@ def test_distillation_loss_matches_numpy_and_gradient_reaches_student_only(tau: 
     student_gradient = tape.gradient(loss, student)
 
     expected = _numpy_distillation(teacher.numpy(), student.numpy(), tau)
+    # Bound: float32 softmaxes over 7 logits and a 7-term sum per row: a few (< 30) eps.
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(hinton.numpy(), tau**2 * expected, rtol=1e-5)
     assert teacher_gradient is None
     teacher_probs = np.exp(_log_softmax(teacher.numpy().astype(np.float64) / tau))
     student_probs = np.exp(_log_softmax(student.numpy().astype(np.float64) / tau))
     expected_gradient = (student_probs - teacher_probs) / tau / 5
+    # Bound: differences of probabilities <= 1 (a few eps each) over tau >= 0.5 and 5.
     np.testing.assert_allclose(student_gradient.numpy(), expected_gradient, atol=1e-6)
 
 
@@ -258,6 +278,8 @@ def test_distillation_gradient_is_zero_when_student_equals_teacher() -> None:
     student = tf.Variable(logits)
     with tf.GradientTape() as tape:
         loss = distillation_loss(tf.constant(logits), student, temperature=2.0)
+    # Bound: two float32 softmaxes of the same logits differ by 0 (the same op) to a few eps
+    # (2e-7 of probabilities <= 1), over tau = 2 and 4 examples.
     np.testing.assert_allclose(tape.gradient(loss, student).numpy(), 0.0, atol=1e-7)
 
 
@@ -273,7 +295,7 @@ def test_distillation_mixes_with_supervised_loss_for_labelled_examples() -> None
     loss = distillation_loss(
         tf.constant(teacher), tf.constant(student), tau, labels=tf.constant(labels), alpha=alpha
     )
-    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)  # bound: as above
 
 
 def test_distillation_rejects_bad_arguments() -> None:
@@ -315,15 +337,19 @@ def test_cross_replica_nt_xent_and_its_gradient_equal_single_device(
     )
     local = [strategy.experimental_local_results(value) for value in per_replica]
     half = IMAGES // 2
+    # Bound: the same 7-dim cosines summed in another order (all-gathered), through the
+    # log-sum-exp: reduction_bound(7, 1) / TEMPERATURE per logit, ~1e-6 relative.
     np.testing.assert_allclose(np.mean([x.numpy() for x in local[0]]), loss.numpy(), rtol=1e-5)
     for replica in range(2):
         rows = slice(replica * half, (replica + 1) * half)
+        # Bound: reduction_bound(7, 1) / TEMPERATURE plus normalisation, < 1e-5.
         np.testing.assert_allclose(local[1][replica].numpy(), logits.numpy()[rows], atol=1e-5)
         np.testing.assert_array_equal(local[2][replica].numpy(), labels.numpy()[rows])
         # The gathered negatives must send their gradient back to the replica that owns them.
         expected_gradient = np.concatenate(
             [gradient[rows], gradient[IMAGES + replica * half : IMAGES + (replica + 1) * half]]
         )
+        # Bound: gradient entries < 0.1, a few eps relative of the same sums, < 1e-6.
         np.testing.assert_allclose(local[3][replica].numpy(), expected_gradient, atol=1e-6)
 
 
@@ -356,4 +382,5 @@ def test_sgd_step_with_sync_bn_matches_single_device(
     atol = drift_tolerance(spread, 1, abs(losses[0][0]))
     np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=atol)
     assert_same_weights(*models, steps=1)
+    # Bound: one step of rate 0.5 moves the kernel by ~0.1, 100x more than 1e-3.
     assert not np.allclose(models[0].get_weights()[0], initial_weights()[0], atol=1e-3)

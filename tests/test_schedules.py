@@ -36,9 +36,10 @@ def test_schedule_values_at_key_steps() -> None:
         1000: 0.0,  # last step
         1200: 0.0,  # past the end stays at 0
     }
+    # Bound: a few float32 operations on rates <= 0.3 (cos, products), well within 1e-6.
     for step, value in checkpoints.items():
         np.testing.assert_allclose(schedule(step).numpy(), value, atol=1e-6, err_msg=str(step))
-    for step in [1, 37, 101, 333, 777, 999]:
+    for step in [1, 37, 101, 333, 777, 999]:  # bound: as above, against float64 NumPy
         np.testing.assert_allclose(
             schedule(step).numpy(), _expected_rate(step, peak, warmup, total), rtol=1e-5, atol=1e-6
         )
@@ -46,6 +47,8 @@ def test_schedule_values_at_key_steps() -> None:
 
 def test_schedule_without_warmup_starts_at_peak() -> None:
     schedule = WarmUpAndCosineDecay(0.3, warmup_steps=0, total_steps=10)
+    # Bound: float32 rounding of 0.3 (rel eps/2, within the default rtol 1e-7), then a few
+    # float32 operations (cos(pi / 2) rounds to ~4e-8, not 0).
     np.testing.assert_allclose(schedule(0).numpy(), 0.3)
     np.testing.assert_allclose(schedule(5).numpy(), 0.15, rtol=1e-6)
 
@@ -53,13 +56,14 @@ def test_schedule_without_warmup_starts_at_peak() -> None:
 def test_schedule_with_warmup_longer_than_training_stays_finite() -> None:
     schedule = WarmUpAndCosineDecay(1.0, warmup_steps=20, total_steps=5)
     values = [float(schedule(step).numpy()) for step in range(5)]
+    # Bound: one float32 division, rel eps/2.
     np.testing.assert_allclose(values, [step / 20 for step in range(5)], rtol=1e-6)
 
 
 def test_schedule_accepts_int64_step_tensors_in_tf_function() -> None:
     schedule = WarmUpAndCosineDecay(2.0, warmup_steps=4, total_steps=12)
     compute = tf.function(schedule)
-    for step in [0, 2, 4, 8, 12]:
+    for step in [0, 2, 4, 8, 12]:  # bound: a few float32 operations on rates <= 2, 1e-6
         np.testing.assert_allclose(
             compute(tf.constant(step, tf.int64)).numpy(),
             _expected_rate(step, 2.0, 4, 12),
@@ -72,6 +76,7 @@ def test_schedule_serialises_through_keras() -> None:
     clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     assert isinstance(clone, WarmUpAndCosineDecay)
     assert clone.get_config() == {"peak_learning_rate": 1.2, "warmup_steps": 7, "total_steps": 70}
+    # Exact in effect: the same float32 operations on the same numbers (default rtol 1e-7).
     np.testing.assert_allclose(clone(30).numpy(), schedule(30).numpy())
 
 
@@ -86,6 +91,7 @@ def test_schedule_serialises_through_keras() -> None:
     ],
 )
 def test_learning_rate_scaling_matches_reference_figures(base, scaling, batch, expected) -> None:
+    # Bound: float64 products and a square root, pytest.approx's default rel 1e-6.
     assert scaled_learning_rate(base, batch, scaling) == pytest.approx(expected)
 
 
@@ -105,7 +111,7 @@ def test_build_learning_rate_schedule_from_config() -> None:
         config, num_examples=6000, batch_size=64, train_epochs=2
     )
     assert schedule.get_config() == {
-        "peak_learning_rate": pytest.approx(0.075 * 8),
+        "peak_learning_rate": pytest.approx(0.075 * 8),  # bound: float64 sqrt, rel 1e-6
         "warmup_steps": 5 * 6000 // 64,
         "total_steps": 6000 * 2 // 64 + 1,
     }

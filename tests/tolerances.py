@@ -5,9 +5,9 @@ Three kinds of comparison, each with its own bound:
 - **Exact by construction** (integers, copies, bit-identical deterministic reruns): compared
   with ``==`` / ``np.array_equal``, no tolerance.
 - **One float32 computation against a closed form or a NumPy reference**: a rounding bound,
-  float32's epsilon times the size of the computation (:func:`reduction_bound`: a sum of ``n``
-  terms is within ``n * eps * max|term|`` of the exact sum, the classical worst case of
-  recursive summation). Tests state ``n`` and the magnitude next to their tolerance.
+  float32's epsilon times the size of the computation (:func:`reduction_bound`: a sum or dot
+  product of ``n`` terms is within ``n * eps * sum|term|`` of the exact value, in any order of
+  summation). Tests state ``n`` and the magnitude next to their tolerance.
 - **Multi-step training compared with a mathematically equal training** (two replicas against
   one device, a resumed run against an uninterrupted one): gradient descent amplifies round-off
   by a factor that depends on the model, the step count and on which kernels (and so which
@@ -40,8 +40,14 @@ ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def reduction_bound(terms: int, magnitude: float) -> float:
-    """Worst-case float32 rounding error of a sum of ``terms`` values of at most ``magnitude``:
-    ``terms * eps * magnitude`` (Higham, Accuracy and Stability of Numerical Algorithms, 4.2)."""
+    """Worst-case float32 rounding error of a sum (or dot product) of ``terms`` values whose
+    absolute values sum to at most ``magnitude``: ``terms * eps * magnitude``, in any order of
+    summation. Each of the ``terms - 1`` additions rounds by at most ``u = eps / 2`` times its
+    partial sum (each product of a dot product by ``u`` times itself), and no partial sum exceeds
+    ``magnitude``; so the error is within ``gamma_n * magnitude``, ``gamma_n = n u / (1 - n u)``
+    (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., 3.1 and 4.2), which is
+    below ``n * eps * magnitude`` while ``n u < 1/2``. ``n`` values of at most ``m`` have
+    ``magnitude <= n * m``."""
     return terms * EPS32 * magnitude
 
 
@@ -57,6 +63,21 @@ def differences(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> 
 def max_difference(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> float:
     """The largest absolute element difference between two ``{name: array}`` sets."""
     return max(differences(first, second).values(), default=0.0)
+
+
+def matmul_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise worst-case float32 rounding error of a dense layer ``x @ w + b``, whatever
+    the kernel and its order of summation: :func:`reduction_bound` of each output's
+    ``x.shape[-1] + 1`` terms (the bias is one more), whose absolute values sum to
+    ``|x| @ |w| + |b|``."""
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(b)
+    return reduction_bound(x.shape[-1] + 1, magnitude)
+
+
+def relative_spread(values, reference) -> float:
+    """The largest relative difference ``|value / reference - 1|`` of two equal-length series
+    (e.g. the per-step losses of two equivalent trainings)."""
+    return float(np.max(np.abs(np.asarray(values, np.float64) / np.asarray(reference) - 1)))
 
 
 def drift_tolerance(spread: float, steps: int, magnitude: float) -> float:
