@@ -61,6 +61,7 @@ def test_flagfile_parses_into_a_valid_config(flagfile, tmp_path, monkeypatch):
         assert config.model.fine_tune_after_block == 4
     percent = re.search(r"_(\d+)pct", name)
     if percent and int(percent.group(1)) < 100:
+        # Bound: a decimal fraction read from text vs one float64 division (rel 1e-6).
         assert config.data.label_fraction == pytest.approx(int(percent.group(1)) / 100)
     if "supervised" in name:
         assert not config.train.init_checkpoint, "a supervised baseline starts from scratch"

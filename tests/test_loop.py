@@ -57,11 +57,14 @@ def test_loop_trains_checkpoints_logs_and_resumes(tmp_path):
     # and at the end (5).
     assert seen == [0, 2, 4, 5]
     assert ckpt_steps(tmp_path) == [2, 4, 5]
+    # Bound: float32 SGD steps of a small linear regression (tests/regression_loop.py) against
+    # float64 NumPy, a few eps per step; rel 1e-5 (also below).
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(5), rtol=1e-5)
     assert set(scalars) == {"loss", "images_per_second", "learning_rate", "eval/probe"}
     events = read_events(tmp_path / "train")
     assert events.steps("train/loss") == [2, 4, 5]
     assert events.steps("eval/probe") == [0, 2, 4, 5]
+    # Bound: float32(LEARNING_RATE), rel eps/2 (pytest.approx's 1e-6).
     assert events.values("learning_rate") == pytest.approx([LEARNING_RATE] * 3)
     assert "train/learning_rate" not in events.scalars
 
@@ -93,6 +96,7 @@ def test_train_function_traces_the_step_once_and_averages_its_scalars():
             losses.append(np.mean((x @ weights - y) ** 2))
             weights -= LEARNING_RATE * 2.0 / BATCH * x.T @ (x @ weights - y)
         scalars = train_steps(iterator, steps)
+        # Bound: float32 losses of a few steps of the regression vs float64, a few eps each.
         assert scalars == {"loss": pytest.approx(np.mean(losses), rel=1e-5)}
     assert len(traces) == 1
 
@@ -111,6 +115,7 @@ def test_loop_stops_on_a_non_finite_loss_without_saving(tmp_path):
     tf.train.Checkpoint(model=restored).restore(
         tf.train.latest_checkpoint(str(tmp_path / "ckpt"))
     ).expect_partial()
+    # Bound: float32 SGD of the regression vs float64 NumPy, a few eps per step (rel 1e-5).
     np.testing.assert_allclose(restored.get_weights()[0], sgd_reference(2), rtol=1e-5)
 
 
@@ -146,6 +151,7 @@ def test_two_replicas_follow_the_single_device_trajectory(two_replica_strategy, 
     # the update is the gradient of the global-batch mean, as on one device.
     model, optimizer, functions, factory, _ = regression_setup(two_replica_strategy)
     loop.train(two_replica_strategy, model, optimizer, functions, factory, settings(tmp_path, 4))
+    # Bound: as above; two replicas add one more rounding (the all-reduce) per step.
     np.testing.assert_allclose(model.get_weights()[0], sgd_reference(4), rtol=1e-5)
 
 
@@ -185,7 +191,7 @@ def test_the_epoch_counts_images_seen_when_the_data_is_not_a_multiple_of_the_bat
         "141 steps of batch 128 (100.27 epochs), 1.41 steps per epoch"
     )
     folder_settings = folder.loop_settings(resume_from=None)
-    assert folder_settings.epoch(141) == pytest.approx(141 * 128 / 180)
+    assert folder_settings.epoch(141) == pytest.approx(141 * 128 / 180)  # bound: float64 ops
     assert folder_settings.checkpoint_steps == 14  # 10 epochs = 14.06 steps
     # flags/fashion_mnist/supervised_1pct.flags: 120 epochs of 600 images at batch 64 are
     # exactly 1125 steps, and the last one ends epoch 120 (it said 125.11).
@@ -198,7 +204,7 @@ def test_the_epoch_counts_images_seen_when_the_data_is_not_a_multiple_of_the_bat
     assert start_line_of(caplog).endswith(
         "1125 steps of batch 64 (120 epochs), 9.38 steps per epoch"
     )
-    assert demo.loop_settings(resume_from=None).epoch(1125) == pytest.approx(120.0)
+    assert demo.loop_settings(resume_from=None).epoch(1125) == pytest.approx(120.0)  # float64
 
 
 def test_progress_lines_give_the_epoch_of_the_images_seen(tmp_path, caplog):
@@ -280,4 +286,5 @@ def test_a_short_run_on_a_small_dataset_caps_its_batch_and_saves_once(tmp_path):
     # The learning rate is scaled for the batch of 40: 0.3 * 40 / 256 at the peak, half of it
     # at step 5 of 10 warm-up steps (10 epochs of one step each).
     learning_rate = read_json(model_dir / "result.json")["train"]["learning_rate"]
+    # Bound: the float32 schedule, a few roundings (rel 1e-5).
     assert learning_rate == pytest.approx(0.3 * 40 / 256 * 5 / 10, rel=1e-5)

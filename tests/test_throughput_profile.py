@@ -29,5 +29,6 @@ def test_op_breakdown_attributes_a_matmul_heavy_function_to_matmul(tmp_path):
     assert top in ("MatMul", "_MklMatMul"), breakdown  # oneDNN renames the kernel
     assert breakdown[top] > 0.5, breakdown
     assert len(breakdown) < 15  # MatMul, Mul, AddV2 and little else: every type is listed
+    # Bound: fewer than 15 fractions, each rounded to 4 decimals: 15 * 5e-5 = 7.5e-4.
     assert sum(breakdown.values()) == pytest.approx(1.0, abs=1e-3)
     assert not set(breakdown) & throughput.CONTAINER_OPS
