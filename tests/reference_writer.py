@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tolerances import drift_tolerance
 
 BLOCKS = {
     18: (False, (2, 2, 2, 2)),
@@ -337,6 +338,34 @@ def endpoints(network: Network, images: np.ndarray) -> dict[str, np.ndarray]:
         weights = network.supervised.weights
         out["logits_sup"] = tf.matmul(selected, weights["kernel"]) + weights["bias"]
     return {name: np.asarray(value) for name, value in out.items()}
+
+
+def _in_float64(item):
+    """``item`` (a network, or part of one) with every weight in float64."""
+    if isinstance(item, Layer):
+        return dataclasses.replace(
+            item, weights={k: v.astype(np.float64) for k, v in item.weights.items()}
+        )
+    if isinstance(item, (Network, Block)):
+        fields = dataclasses.fields(item)
+        return dataclasses.replace(
+            item, **{f.name: _in_float64(getattr(item, f.name)) for f in fields}
+        )
+    if isinstance(item, (list, tuple)):
+        return type(item)(_in_float64(part) for part in item)
+    return item
+
+
+def endpoint_tolerances(network: Network, images: np.ndarray) -> dict[str, float]:
+    """The absolute tolerance of each endpoint of ``network`` computed another float32 way (a
+    model loaded from its checkpoint): 10x the round-off of :func:`endpoints` on this machine,
+    measured against the same forward pass in float64 (tests/tolerances.py, drift_tolerance)."""
+    exact = endpoints(_in_float64(network), images.astype(np.float64))
+    computed = endpoints(network, images)
+    return {
+        name: drift_tolerance(float(np.max(np.abs(computed[name] - value))), 1, np.abs(value).max())
+        for name, value in exact.items()
+    }
 
 
 # -- writers -----------------------------------------------------------------------------------

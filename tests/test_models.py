@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from tolerances import matmul_bound
 
 from tf_simclr import ModelConfig, SimCLRModel
 from tf_simclr.models.resnet import SelectiveKernel, Shortcut
@@ -139,6 +140,8 @@ def test_resnet_d_shortcut_pooling(reference_resnet_d):
         else:
             pooled = _average_pools(x.numpy(), strides, reference_resnet_d and strides > 1)
         expected = shortcut.proj(tf.constant(pooled, tf.float32), training=False)
+        # Bound: the same 1x1 convolution over 3 channels and inference batch norm on a float32
+        # vs float64 average of at most 4 values: a few eps (rel 1e-5, abs 1e-6 near 0).
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
         assert out.shape[1:3] == (-(-5 // strides), -(-7 // strides))
 
@@ -152,6 +155,8 @@ def test_initial_conv_before_bn_is_the_stem_convolution():
         out = model(images, training=False)
         convolution = stem.conv(images)
         expected = convolution if before_bn else tf.nn.relu(stem.bn(convolution, training=False))
+        # Bound: the same convolution op on the same input (bit-identical in practice), then
+        # inference batch norm and relu: a few eps (rel 1e-5, abs 1e-6 near 0).
         np.testing.assert_allclose(out["initial_conv"], expected, rtol=1e-5, atol=1e-6)
         assert (np.min(out["initial_conv"]) < 0) == before_bn
 
@@ -187,6 +192,8 @@ def test_selective_kernel_is_a_softmax_mixture_of_its_two_paths():
     assert squeezed_dim == max(int(16 * 0.0625), 32)
     logits_a, logits_b = mixing[..., :16], mixing[..., 16:]
     weight_a = 1.0 / (1.0 + np.exp(logits_b - logits_a))
+    # Bound: the model's float32 sigmoid and mixture of |a|, |b| ~ 1 vs NumPy's float32
+    # exp from the same mixing logits: a few eps (rel 1e-5, abs 1e-5 where a and b cancel).
     np.testing.assert_allclose(out, weight_a * a + (1 - weight_a) * b, rtol=1e-5, atol=1e-5)
 
 
@@ -246,9 +253,18 @@ def test_nonlinear_head_layers_have_relu_except_the_last():
 def test_ft_proj_selector_picks_the_head_layer(selector, source):
     model = build(dataclasses.replace(SMALL, ft_proj_selector=selector))
     out = model(tf.random.stateless_uniform([3, 32, 32, 3], seed=[5, 5]), training=False)
-    dense = model.supervised_head.dense
-    expected = out[source].numpy() @ dense.kernel.numpy() + dense.bias.numpy()
-    np.testing.assert_allclose(out["logits_sup"], expected, rtol=1e-5, atol=1e-6)
+    features, kernel, bias = (
+        value.numpy()
+        for value in (
+            out[source],
+            model.supervised_head.dense.kernel,
+            model.supervised_head.dense.bias,
+        )
+    )
+    # Bound: a float32 dense layer, whatever its kernel, is within matmul_bound of the exact
+    # (float64) value.
+    error = np.abs(out["logits_sup"].numpy() - (features.astype(np.float64) @ kernel + bias))
+    assert np.all(error <= matmul_bound(features, kernel, bias)), error.max()
 
 
 def test_squeeze_excitation_adds_gating_layers():
@@ -288,9 +304,12 @@ def test_probe_batch_norm_standardises_the_supervised_head_input():
         features.var(axis=0) + config.batch_norm_epsilon
     )
     expected = standardised @ head.dense.kernel.numpy() + head.dense.bias.numpy()
+    # Bound: float32 batch norm over only 6 examples (a variance of near-equal features loses
+    # up to ~1e-5 relative to cancellation), then a dense layer: rel 1e-4, abs 1e-5.
     np.testing.assert_allclose(outputs["logits_sup"].numpy(), expected, rtol=1e-4, atol=1e-5)
     # Inference reads the moving statistics, which training moved towards the batch's.
     moved = head.bn.moving_mean.numpy()
+    # Bound: the float32 mean of 6 values and one update, against float64: rel < 1e-6 (1e-4).
     np.testing.assert_allclose(moved, (1 - config.batch_norm_decay) * features.mean(0), rtol=1e-4)
 
 
@@ -376,6 +395,9 @@ def test_sync_bn_across_two_replicas_equals_plain_bn_on_the_whole_batch(two_repl
     for name in ("block_group4", "proj_head_output", "logits_sup"):
         parts = two_replica_strategy.experimental_local_results(per_replica[name])
         got = np.concatenate([p.numpy() for p in parts])
+        # Bound: the same network, but batch statistics summed over 2 replicas (all-reduce)
+        # instead of 8 images at once; sum(x**2)/n - mean**2 cancels for features near their
+        # mean, so a relative 1e-6 of the moments becomes ~1e-5 of normalised outputs; 1e-4.
         np.testing.assert_allclose(got, expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 

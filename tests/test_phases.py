@@ -35,13 +35,16 @@ def test_finetune_loss_and_weight_decay(optimizer):
         tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits)
     )
     decay = weight_decay_loss(model.trainable_variables, 1e-3, model.excluded_variables())
+    # Bound: the same model in training mode on the same batch, eager both times (the same
+    # kernels): equal up to a few float32 roundings of the loss and of the decay's sum of
+    # per-variable terms (rel 1e-5).
     assert float(scalars["supervised_loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(scalars["weight_decay"]) == pytest.approx(float(decay), rel=1e-5)
     assert float(decay) > 0
     # LARS decays inside its update; the other optimizers get the L2 term in the loss.
     added = 0.0 if optimizer == "lars" else float(decay)
-    assert float(total) == pytest.approx(float(expected) + added, rel=1e-5)
-    assert float(scalars["total_loss"]) == pytest.approx(float(total))
+    assert float(total) == pytest.approx(float(expected) + added, rel=1e-5)  # bound: as above
+    assert float(scalars["total_loss"]) == pytest.approx(float(total))  # exact: the same value
 
 
 def test_distill_mixes_teacher_and_labels_and_never_trains_the_teacher():
@@ -69,11 +72,14 @@ def test_distill_mixes_teacher_and_labels_and_never_trains_the_teacher():
     labels = np.maximum(batch["label"].numpy(), 0)
     per_example = -log_softmax(logits)[np.arange(8), labels]
     supervised = np.sum(per_example * mask) / 8  # unlabeled examples count in the mean as 0
+    # Bound: the same logits (eager, same kernels) through float32 vs float64 softmaxes at
+    # temperature 2: a few eps of each logit, over 8 examples; rel 1e-4 leaves room for the
+    # student's batch norm statistics of a second call summing in another order.
     assert float(scalars["distill_loss"]) == pytest.approx(distill, rel=1e-4)
     assert float(scalars["supervised_loss"]) == pytest.approx(supervised, rel=1e-4)
     assert float(total) == pytest.approx(0.25 * distill + 0.75 * supervised, rel=1e-4)
     agreement = np.mean(np.argmax(logits, 1) == np.argmax(teacher_logits, 1))
-    assert float(scalars["teacher_agreement"]) == pytest.approx(agreement)
+    assert float(scalars["teacher_agreement"]) == pytest.approx(agreement)  # exact: a count
     assert all(grad is None for grad in tape.gradient(total, teacher.variables))
     trained = student.encoder.trainable_variables + student.supervised_head.trainable_variables
     assert all(grad is not None for grad in tape.gradient(total, trained))
@@ -96,13 +102,16 @@ def test_pretrain_linear_probe_does_not_train_the_encoder():
         total, scalars = compute(batch)
     outputs = model(tf.concat([batch["view1"], batch["view2"]], 0), training=True)
     expected, _, _ = contrastive_loss(outputs["proj_head_output"], temperature=0.2)
+    # Bound: the same model on the same batch (eager, same kernels), then the same loss op.
     assert float(scalars["contrast_loss"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(total) == pytest.approx(
+    assert float(total) == pytest.approx(  # bound: one float32 addition
         float(scalars["contrast_loss"]) + float(scalars["supervised_loss"]), rel=1e-5
     )
     predicted = np.argmax(outputs["logits_sup"].numpy(), axis=1)
     labels = np.concatenate([batch["label"].numpy()] * 2)
-    assert float(scalars["supervised_acc"]) == pytest.approx(np.mean(predicted == labels))
+    assert float(scalars["supervised_acc"]) == pytest.approx(
+        np.mean(predicted == labels)
+    )  # exact: a count
     probe_to_encoder = tape.gradient(scalars["supervised_loss"], model.encoder.trainable_variables)
     assert all(grad is None for grad in probe_to_encoder)
     probe_to_head = tape.gradient(
