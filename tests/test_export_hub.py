@@ -156,6 +156,7 @@ def test_every_reference_format_exports_a_fine_tunable_module(tmp_path):
     assert "near-chance accuracy" in unsettled.output
     assert "--ft_proj_selector" in unsettled.output
     expected = writer.endpoints(network, IMAGES)
+    atol = writer.endpoint_tolerances(network, IMAGES)  # bound: 10x the round-off measured here
     for name, result in finished.items():
         assert_succeeded(result)
         path = str(tmp_path / "out" / name)
@@ -166,7 +167,7 @@ def test_every_reference_format_exports_a_fine_tunable_module(tmp_path):
         module = hub.load(path)
         for endpoint in ("initial_conv", "block_group4", "proj_head_output", "logits_sup"):
             served = module.signatures[endpoint](images=tf.constant(IMAGES))[endpoint]
-            np.testing.assert_allclose(served, expected[endpoint], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(served, expected[endpoint], rtol=0, atol=atol[endpoint])
         loss, change = one_training_step(path)
         assert np.isfinite(loss) and change > 0, (name, loss, change)
 

@@ -105,12 +105,17 @@ def test_loss_with_memory_matches_numpy(n, dim, rows, temperature, norm, masked,
     expected = _numpy_nt_xent(
         hidden, memory, mask, temperature, norm, targets if with_targets else None
     )
+    # Bound: cosines (or raw dot products of values < 2) of dim-term rows over temperatures
+    # >= 0.1, in float32 vs float64: ~reduction_bound(dim, 1) / temperature per logit, a few
+    # 1e-6; the log-sum-exp keeps it.
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert logits.shape == labels.shape == (n, 2 * n + rows)
     if with_targets:  # the memory network's projections take no gradient
         assert tape.gradient(loss, target_tensor) is None
     if masked == rows and not with_targets:  # a fully masked memory is no memory at all
         plain, _, _ = contrastive_loss(tf.constant(hidden), temperature=temperature)
+        # Bound: the same logits, masked columns at -inf adding exact zeros; the log-sum-exp's
+        # sum over more columns rounds a few eps apart (rel 1e-6).
         np.testing.assert_allclose(loss.numpy(), plain.numpy(), rtol=1e-6)
 
 
@@ -156,6 +161,9 @@ def test_with_momentum_0_and_no_queue_the_loss_is_nt_xent():
     plain = phases.pretrain_compute(online, None, loss_config, optim, linear_eval=False)
     _, scalars = with_memory(batch)
     _, reference = plain(batch)
+    # Bound: the targets come from an exact copy of the online network (momentum 0) run on the
+    # same batch by another call, which gives the same projections up to a few float32
+    # roundings; the loss moves by a few eps relative of it (rel 1e-5).
     np.testing.assert_allclose(
         float(scalars["contrast_loss"]), float(reference["contrast_loss"]), rtol=1e-5
     )
@@ -176,7 +184,7 @@ def test_queue_is_first_in_first_out_and_wraps_around():
         np.testing.assert_array_equal(memory.queue.numpy(), expected)
         written = min(2 * (step + 1), 6)
         assert int(memory.count.numpy()) == 2 * (step + 1)
-        assert float(memory.fill()) == pytest.approx(written / 6)
+        assert float(memory.fill()) == pytest.approx(written / 6)  # bound: one division
         negatives, mask = memory.negatives()
         np.testing.assert_array_equal(negatives.numpy(), expected)
         warm = step + 1 >= config.memory_warmup_steps
@@ -232,6 +240,7 @@ def test_moving_average_equals_its_closed_form_after_k_steps():
         closed = momentum**steps * start[name] + (1 - momentum) * sum(
             momentum ** (steps - j) * w for j, w in enumerate(history[name], start=1)
         )
+        # Bound: `steps` float32 updates m * a + (1 - m) * b of values ~1, ~3 eps each.
         np.testing.assert_allclose(mine.numpy(), closed, rtol=1e-5, err_msg=name)
 
 
@@ -330,14 +339,14 @@ def test_resumed_run_continues_with_the_same_queue_and_losses(memory_runs, tmp_p
     queue_a, count_a = _queue(uninterrupted / f"ckpt/ckpt-{REFERENCE_STEPS}")
     queue_b, count_b = _queue(model_dir / f"ckpt/ckpt-{REFERENCE_STEPS}")
     assert count_a == count_b
-    np.testing.assert_allclose(queue_b, queue_a, atol=1e-6)
+    # Exact (tests/tolerances.py): a checkpoint holds the very float32 values, the pipeline
+    # replays the same batches and --deterministic runs the same kernels on them.
+    np.testing.assert_array_equal(queue_b, queue_a)
     first = read_events(uninterrupted / "train")
     second = read_events(model_dir / "train")
     assert second.steps("train/contrast_loss") == list(range(7, REFERENCE_STEPS + 1))
-    np.testing.assert_allclose(
-        second.values("train/contrast_loss"),
-        first.values("train/contrast_loss")[6:],
-        rtol=1e-5,
+    np.testing.assert_array_equal(
+        second.values("train/contrast_loss"), first.values("train/contrast_loss")[6:]
     )
 
 
@@ -358,15 +367,12 @@ def test_memory_network_is_exported_as_the_hub_module(memory_runs, tmp_path):
         return module(images, training=False)["final_avg_pool"].numpy()
 
     at_phase_end = features(phase_module)
-    np.testing.assert_allclose(
-        features(tf.saved_model.load(memory_export)), at_phase_end, rtol=1e-5, atol=1e-6
-    )
+    # Exact: the same float32 weights (the checkpoint's) through the same traced function.
+    np.testing.assert_array_equal(features(tf.saved_model.load(memory_export)), at_phase_end)
     online = features(tf.saved_model.load(online_export))
-    assert np.max(np.abs(online - at_phase_end)) > 1e-3
+    assert np.max(np.abs(online - at_phase_end)) > 1e-3  # another network: not round-off
     # Without --export_dir the module goes to MODEL_DIR/hub/<step>, the step read from the
     # training loop's checkpoint name (it has no step variable).
     in_place = export_checkpoint(str(run), memory_network=True, keep_hub_module_max=0)
     assert in_place == str(run / "hub" / str(REFERENCE_STEPS))
-    np.testing.assert_allclose(
-        features(tf.saved_model.load(in_place)), at_phase_end, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_array_equal(features(tf.saved_model.load(in_place)), at_phase_end)
