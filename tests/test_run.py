@@ -608,8 +608,9 @@ SPEED_RUNS = {
 # accumulate their products in float32 (AVX512-BF16's VDPBF16PS, AMX's TDPBF16PS), so the
 # difference from float32 is this rounding, machine independent up to float32 round-off.
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11}
-# The first-step loss goes through ~20 rounded layers (ResNet-18's 17 + 3 convolutions, the
-# projection head); independent roundings add up like a random walk: sqrt(20) < 5 of them.
+# The first-step loss goes through 23 rounded layers (ResNet-18's 17 convolutions and 3
+# projection shortcuts, the 3-layer projection head); independent roundings add up like a random
+# walk: sqrt(23) < 5 of them. Measured on an AMD EPYC: bfloat16 0.34, float16 0.75 of one.
 FIRST_STEP_ROUNDINGS = 5
 
 
@@ -681,8 +682,6 @@ def test_mixed_precision_policies_and_loss_scaling(speed_runs):
         assert {value.dtype.name for value in weights.values() if value.size} == {"float32"}
 
 
-@pytest.mark.long
-@pytest.mark.slow
 def _float32_first_step(speed_runs) -> float:
     """Relative tolerance of a float32 first-step loss computed by other kernels: 10x the
     spread of the oneDNN-off reference's, measured here (tests/tolerances.py)."""
@@ -690,6 +689,8 @@ def _float32_first_step(speed_runs) -> float:
     return drift_tolerance(relative_spread(*losses), 1, 1.0)
 
 
+@pytest.mark.long
+@pytest.mark.slow
 def test_jit_compile_gives_the_same_first_step_loss(speed_runs):
     # XLA's kernels sum in yet another order: bound, 10x the oneDNN-vs-Eigen spread.
     assert first_step_loss(speed_runs["jit"]) == pytest.approx(
