@@ -253,14 +253,8 @@ def test_nonlinear_head_layers_have_relu_except_the_last():
 def test_ft_proj_selector_picks_the_head_layer(selector, source):
     model = build(dataclasses.replace(SMALL, ft_proj_selector=selector))
     out = model(tf.random.stateless_uniform([3, 32, 32, 3], seed=[5, 5]), training=False)
-    features, kernel, bias = (
-        value.numpy()
-        for value in (
-            out[source],
-            model.supervised_head.dense.kernel,
-            model.supervised_head.dense.bias,
-        )
-    )
+    dense = model.supervised_head.dense
+    features, kernel, bias = out[source].numpy(), dense.kernel.numpy(), dense.bias.numpy()
     # Bound: a float32 dense layer, whatever its kernel, is within matmul_bound of the exact
     # (float64) value.
     error = np.abs(out["logits_sup"].numpy() - (features.astype(np.float64) @ kernel + bias))
