@@ -11,6 +11,9 @@ and ``photo.jpg``, with these substitutions and nothing else:
 - ``. .venv/bin/activate``: the activation script of the interpreter running the tests exists
   (the tests already run inside that environment);
 - Python blocks run as files in a fresh interpreter (this one), ``TF_USE_LEGACY_KERAS`` unset;
+  in them, a string that starts a flag with a repository path (``"--flagfile=flags/...``) is made
+  absolute and every ``"--model_dir=..."`` string is followed by :data:`SHORTER`'s flags, as
+  the commands are shortened;
 - ``tf-simclr`` and ``tf-simclr-export`` run as ``python -m tf_simclr.run`` and
   ``python -m tf_simclr.export_hub`` with this interpreter;
 - repository paths in flags (``--flagfile=flags/...``, ``--checkpoint=pretrained/...``) are made
@@ -170,6 +173,13 @@ def command_line(words: tuple[str, ...], scratch: Path) -> list[str]:
     return [*PROGRAMS[words[0]], *arguments, *shorter]
 
 
+def python_program(text: str, scratch: Path) -> str:
+    """A documented Python block as it runs here (see the module docstring)."""
+    text = re.sub(r'"(--\w+=)(flags|pretrained)/', rf'"\g<1>{REPO_ROOT}/\g<2>/', text)
+    shorter = "".join(f', "{flag}"' for flag in SHORTER)
+    return re.sub(r'("--model_dir=[^"]*")', rf"\g<1>{shorter}", substitute(text, scratch))
+
+
 def run_step(step: Step, scratch: Path, name: str) -> str:
     """Run ``step`` in ``scratch`` and return its output; fails the test if it fails."""
     if step.kind == "make":
@@ -184,7 +194,7 @@ def run_step(step: Step, scratch: Path, name: str) -> str:
         assert_succeeded(finished)
         return finished.output
     program = scratch / f"{name}.py"
-    program.write_text(substitute(step.text, scratch), encoding="utf-8")
+    program.write_text(python_program(step.text, scratch), encoding="utf-8")
     # As a user runs it: without the TF_USE_LEGACY_KERAS the binaries' environment sets.
     result = run_child(
         [sys.executable, str(program)], cwd=scratch, env=child_env(TF_USE_LEGACY_KERAS=None)
@@ -264,14 +274,26 @@ def test_the_substitutions_name_existing_runs(tmp_path):
     )
 
 
+def test_python_blocks_are_shortened_like_the_commands(tmp_path):
+    text = 'argv = ["--flagfile=flags/folder/", "--model_dir=runs/pt"]  # --model_dir=x\n'
+    shorter = ", ".join(f'"{flag}"' for flag in SHORTER)
+    assert python_program(text, tmp_path) == (
+        f'argv = ["--flagfile={REPO_ROOT}/flags/folder/", "--model_dir=runs/pt", {shorter}]'
+        "  # --model_dir=x\n"
+    )
+
+
 def test_the_own_images_block_is_install_and_three_phases():
     commands = shell_commands(own_images_block().text)
     assert commands[:2] == [["make", "install"], [".", ".venv/bin/activate"]]
     assert [command[:2] for command in commands[2:]] == [
         ["tf-simclr", "--flagfile=flags/folder/pretrain.flags"],
         ["tf-simclr", "--flagfile=flags/folder/finetune_10pct.flags"],
+        ["tf-simclr", "--flagfile=flags/folder/finetune_10pct.flags"],
         ["tf-simclr", "--flagfile=flags/folder/distill.flags"],
     ]
+    # The fine-tuning command, first with --print_config (which trains and writes nothing).
+    assert commands[3] == [*commands[4], "--print_config"]
 
 
 def test_make_n_fails_for_a_missing_target():
@@ -302,6 +324,9 @@ def test_every_readme_block_runs(scratch):
     # The photo classified with the fine-tuned module's class names.
     assert any(output.strip() in CLASSES for output in outputs.values())
     assert read_json(scratch / "runs" / "finetune_1pct" / "result.json")["eval"]
+    # Pretraining, fine-tuning and export from Python (tf_simclr.train).
+    assert read_json(scratch / "runs" / "ft" / "result.json")["train"]["global_step"] == 3
+    assert read_module_info(str(scratch / "runs" / "module")).class_names == CLASSES
 
 
 @pytest.mark.slow

@@ -45,13 +45,15 @@ from binary_runs import (
 )
 from tolerances import ONEDNN_OFF, drift_tolerance, relative_spread
 
-from tf_simclr import logs, run
+import tf_simclr
+from tf_simclr import command_line, logs, run
 from tf_simclr.config import (
     CHOICES,
     DTYPE_POLICIES,
     HELP,
     AugmentConfig,
     DataConfig,
+    DistributionConfig,
     LossConfig,
     MemoryConfig,
     ModelConfig,
@@ -62,17 +64,18 @@ from tf_simclr.config import (
 
 
 def fresh_flags() -> flags.FlagValues:
-    """The binary's flags, defined on a fresh FlagValues."""
+    """The configuration flags, defined on a fresh FlagValues."""
     values = flags.FlagValues()
-    run.define_flags(values)
+    command_line.define_flags(values)
     return values
 
 
 def parse(tmp_path, *argv: str):
-    """Flags -> RunConfig exactly as the binary does it, on a fresh FlagValues."""
+    """Flags -> RunConfig as the binary does it before adopting an architecture, on a fresh
+    FlagValues."""
     values = fresh_flags()
     values(["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
-    return run.configs_from_flags(values.flag_values_dict())
+    return command_line.configs_from_flags(values.flag_values_dict())
 
 
 # The flags of tf-simclr before they were generated from the dataclasses (issue 13), plus
@@ -97,14 +100,19 @@ TODAYS_FLAGS = {
     "train_mode", "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay",
     "width_multiplier", "zero_init_logits_layer",
 }  # fmt: skip
-NOT_CONFIG_FLAGS = {"strategy", "tpu", "logical_cpu_devices"}
+# The binary's one flag that is not a setting: an action (issue 29).
+BINARY_FLAGS = TODAYS_FLAGS | {"print_config"}
 
 
 def test_the_flags_keep_todays_names():
     assert set(fresh_flags()) == TODAYS_FLAGS
-    generated = [flag.name for flag in run.FLAG_SCHEMA.flags()]
+    generated = [flag.name for flag in command_line.FLAG_SCHEMA.flags()]
     assert len(generated) == len(set(generated))
-    assert set(generated) == TODAYS_FLAGS - NOT_CONFIG_FLAGS
+    # Every flag is a configuration field now, the strategy's included (DistributionConfig).
+    assert set(generated) == TODAYS_FLAGS
+    binary = flags.FlagValues()
+    run.define_binary_flags(binary)
+    assert set(binary) == BINARY_FLAGS
 
 
 def test_every_field_is_a_flag_or_named_as_none():
@@ -133,7 +141,7 @@ def test_every_flag_default_help_and_choice_is_its_fields():
         elif choices:
             assert all(str(choice) in defined.help for choice in choices), flag.name
     assert values["precision"].default == "float32"
-    assert set(run.PRECISIONS.values()) == set(DTYPE_POLICIES)
+    assert set(command_line.PRECISIONS.values()) == set(DTYPE_POLICIES)
     assert values["crop_area_min"].default == AugmentConfig().crop_area_range[0]
     assert values["checkpoint"].default == TrainConfig.init_checkpoint == ""
     # The reference's default (sync BN across replicas), now the dataclass's too.
@@ -150,6 +158,7 @@ def test_no_flags_give_the_dataclass_defaults(tmp_path):
         augment=AugmentConfig(),
         data=DataConfig(),
         memory=MemoryConfig(),
+        distribution=DistributionConfig(),
     )
 
 
@@ -293,8 +302,8 @@ def configured(tmp_path, *argv: str) -> RunConfig:
     """The RunConfig the binary runs with (parsed, then the architecture adopted from
     ``--checkpoint`` and the run in ``--model_dir``), on a fresh FlagValues."""
     values = fresh_flags()
-    typed = run.parse_flags(values, ["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv])
-    return run.run_config(values, typed)
+    argv = ["tf-simclr", f"--model_dir={tmp_path / 'run'}", *argv]
+    return command_line.resolve_flags(command_line.parse_command(values, argv)).config
 
 
 def adoption_lines(caplog) -> list[str]:
@@ -419,6 +428,105 @@ def test_the_binary_refuses_a_typed_width_that_contradicts_the_checkpoint(recipe
     assert not (root / "typed_width").exists(), "files were written for a refused command"
 
 
+# --print_config (issue 29): the configuration as the run would run it, each value with where it
+# came from, read without training or writing; bad flags are still refused with status 2.
+PRINTED_ARGV = (
+    f"--flagfile={FOLDER_FINETUNE}",
+    f"--dataset={SMALL_DATA}",
+    "--train_batch_size=1024",  # typed, then capped to the labeled subset by the run
+)
+
+
+def printed_sections(stdout: str) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """--print_config's output read back: ``{section: {field: value}}`` and the origins noted
+    after the values, ``{section: {field: origin}}`` (a value without a note has none)."""
+    values: dict[str, dict] = {}
+    origins: dict[str, dict[str, str]] = {}
+    section = ""
+    for line in stdout.splitlines():
+        if line.startswith("#"):
+            continue
+        if not line.startswith("  "):
+            section = line.split()[0].rstrip(":")
+            values[section], origins[section] = {}, {}
+            continue
+        name, rest = line.strip().split(": ", 1)
+        value, _, origin = rest.partition("  # ")
+        values[section][name] = json.loads(value)
+        if origin:
+            origins[section][name] = origin
+    return values, origins
+
+
+@pytest.fixture(scope="module")
+def printed_config(tmp_path_factory):
+    """``tf-simclr ... --print_config`` of the folder fine-tuning recipe from a checkpoint of
+    another shape, and the same command with a typed width that contradicts the checkpoint."""
+    root = tmp_path_factory.mktemp("print_config")
+    source = saved_run(root / "source", OTHER_SHAPE)
+    argv = (*PRINTED_ARGV, f"--checkpoint={source}", f"--model_dir={root / 'run'}")
+    return {
+        "root": root,
+        "source": source,
+        "argv": argv,
+        "printed": run_child(binary_command(*argv, "--print_config")),
+        "refused": run_child(binary_command(*argv, "--width_multiplier=0.25", "--print_config")),
+    }
+
+
+@pytest.mark.slow
+def test_print_config_prints_what_the_run_would_run_and_writes_nothing(printed_config):
+    from tf_simclr.training import api
+
+    result = printed_config["printed"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (printed_config["root"] / "run").exists(), "--print_config wrote the model_dir"
+    values, _ = printed_sections(result.stdout)
+    # Exactly what the Python entry point plans for the same command line.
+    plan = api.plan(tf_simclr.config_from_flags(printed_config["argv"]))
+    for section in command_line.SECTIONS.values():
+        expected = json.loads(json.dumps(dataclasses.asdict(getattr(plan.config, section))))
+        assert values[section] == expected, section
+    (decided,) = [name for name in values if name.startswith("decided")]
+    assert values[decided] == {
+        "replicas": 1,
+        "num_train_examples": plan.num_train_examples,
+        "total_steps": plan.total_steps,
+    }
+    # The recipe's 10% of 256 images, class-balanced; the typed batch is capped to them.
+    assert 20 <= plan.num_train_examples <= 32
+    assert values["train"]["train_batch_size"] == plan.num_train_examples
+    assert (values["model"]["width_multiplier"], values["model"]["num_classes"]) == (0.125, 4)
+
+
+@pytest.mark.slow
+def test_print_config_says_where_each_value_came_from(printed_config):
+    _, origins = printed_sections(printed_config["printed"].stdout)
+    source, common = printed_config["source"], FOLDER_FINETUNE.parent / "common.flags"
+    assert origins["data"]["dataset"] == "command line"
+    assert origins["train"]["train_mode"] == f"flagfile {FOLDER_FINETUNE}"
+    assert origins["train"]["init_checkpoint"] == "command line (--checkpoint)"
+    assert origins["model"]["dtype_policy"] == f"flagfile {common} (--precision)"
+    assert origins["model"]["width_multiplier"] == (
+        f"--checkpoint={source} (flagfile {common} said 0.25)"
+    )
+    assert origins["model"]["cifar_stem"] == f"--checkpoint={source} (default said false)"
+    assert origins["train"]["train_batch_size"].startswith("the run, from the data")
+    assert origins["train"]["train_batch_size"].endswith("(command line said 1024)")
+    assert origins["model"]["num_classes"].endswith("(default said 0)")
+    # Values at their defaults that no flag set carry no note.
+    assert "temperature" not in origins["loss"] and "memory_size" not in origins["memory"]
+
+
+@pytest.mark.slow
+def test_print_config_still_refuses_bad_flags(printed_config):
+    result = printed_config["refused"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "invalid flags" in result.stderr and "width_multiplier: 0.25 vs 0.125" in result.stderr
+    assert not result.stdout
+    assert not (printed_config["root"] / "run").exists()
+
+
 # --help through both entry points, as a user runs them: ``python -m tf_simclr.run`` and the
 # installed ``tf-simclr`` console script (whose ``__main__`` is not tf_simclr.run); -h and -? are
 # --helpshort and --help. TF_CPP_MIN_LOG_LEVEL is left unset, as a user leaves it: the binary
@@ -473,7 +581,7 @@ def test_help_lists_exactly_the_binarys_flags_by_group(help_outputs, case):
         for text in sections.values()
         for name in re.findall(r"^  --(?:\[no\])?(\w+)", text, flags=re.MULTILINE)
     }
-    assert listed == TODAYS_FLAGS  # none of absl's or TensorFlow's own flags
+    assert listed == BINARY_FLAGS  # none of absl's or TensorFlow's own flags
     assert "tensorflow" not in result.stdout and "absl." not in result.stdout
     # Every flag in its group with its help text (absl wraps lines, also at hyphens).
     squeezed = {title: "".join(text.split()) for title, text in sections.items()}
@@ -485,6 +593,7 @@ def test_help_lists_exactly_the_binarys_flags_by_group(help_outputs, case):
     assert "--memory_size: Queued memory-network projections" in result.stdout
     assert "--train_mode: <pretrain|finetune|distill>: Phase." in result.stdout
     assert "--strategy: <default|mirrored|multi_worker|tpu>" in result.stdout
+    assert "--[no]print_config: Print the configuration this command would run" in result.stdout
     assert not startup_noise(result.stderr), result.stderr
 
 

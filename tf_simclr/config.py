@@ -8,6 +8,9 @@ Every field is declared with :func:`setting`: its default, one line of help and,
 restricted to a set of values, those choices. ``tf-simclr`` generates its flags from them
 (:mod:`tf_simclr.flag_schema`, issue 13), so each default, choice list and help text is written
 once, here.
+
+A :class:`RunConfig` defines one run completely, the strategy and precision included:
+``tf_simclr.train(config)`` needs nothing else (issue 29).
 """
 
 from __future__ import annotations
@@ -596,9 +599,64 @@ class DataConfig:
         return self.eval_dataset or self.labels_source
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionConfig:
+    """Where a run computes (SimCLR section 2: large batches across accelerators).
+
+    ``strategy`` picks the ``tf.distribute`` strategy: ``default`` (one device), ``mirrored``
+    (every local GPU, else every logical CPU device), ``multi_worker`` (the cluster of the
+    ``TF_CONFIG`` environment variable) or ``tpu`` (at ``tpu``). ``logical_cpu_devices`` splits
+    the CPU into that many devices before TensorFlow initialises (how multi-replica runs are
+    tested without accelerators). Precision is ``ModelConfig.dtype_policy``, XLA
+    ``TrainConfig.jit_compile``.
+    """
+
+    strategy: str = setting(
+        "default",
+        "tf.distribute strategy: one device, all local devices, TF_CONFIG's cluster or a TPU.",
+        STRATEGIES,
+    )
+    tpu: str = setting("", "TPU address for --strategy=tpu.")
+    logical_cpu_devices: int = setting(0, "Split the CPU into N devices (testing).")
+
+    def __post_init__(self) -> None:
+        _require(
+            self.strategy in STRATEGIES,
+            f"strategy={self.strategy!r} must be one of {STRATEGIES}.",
+        )
+        _require(
+            self.logical_cpu_devices >= 0,
+            f"logical_cpu_devices={self.logical_cpu_devices} must be >= 0 (0: the CPU as it is).",
+        )
+        _require(
+            self.strategy == "tpu" or not self.tpu,
+            f"--tpu={self.tpu} is only used with --strategy=tpu (got --strategy={self.strategy}).",
+        )
+        devices = self.logical_cpu_devices
+        _require(
+            devices <= 1 or self.strategy != "default",
+            f"--logical_cpu_devices={devices} splits the CPU into {devices} devices, but "
+            "--strategy=default trains on one of them; add --strategy=mirrored to train on all "
+            f"{devices}, or drop --logical_cpu_devices.",
+        )
+
+    @property
+    def multiple_replicas(self) -> bool:
+        """Whether the strategy certainly runs more than one replica off TPU (split CPU or
+        several workers): where batch-norm statistics need cross-replica collectives."""
+        return self.strategy != "tpu" and (
+            self.logical_cpu_devices > 1 or self.strategy == "multi_worker"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Every configuration of one phase (what ``tf-simclr``'s flags turn into)."""
+    """Every configuration of one phase (what ``tf-simclr``'s flags turn into, and what
+    ``tf_simclr.train`` runs). The checks of combinations that a run refuses but a stored
+    configuration may hold are :func:`tf_simclr.command_line.check_run`'s."""
 
     model: ModelConfig
     train: TrainConfig
@@ -607,12 +665,21 @@ class RunConfig:
     augment: AugmentConfig
     data: DataConfig
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
 
     def __post_init__(self) -> None:
+        train = self.train
         _require(
-            not self.data.label_dataset or self.train.train_mode == "distill",
+            not self.data.label_dataset or train.train_mode == "distill",
             f"label_dataset is distillation's source of labels (got train_mode="
-            f"{self.train.train_mode!r}); drop it, or pass the labeled source as dataset.",
+            f"{train.train_mode!r}); drop it, or pass the labeled source as dataset.",
+        )
+        _require(
+            not (
+                train.jit_compile and self.model.global_bn and self.distribution.multiple_replicas
+            ),
+            "--jit_compile with --global_bn needs cross-replica collectives inside XLA, which "
+            "only TPUs provide here; use --noglobal_bn or --nojit_compile.",
         )
 
     def to_json(self) -> dict:

@@ -24,7 +24,7 @@ import functools
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from absl import app, flags
@@ -85,12 +85,7 @@ class ConfigFlag:
     @property
     def default(self) -> object:
         """The flag's default: the field's default, seen through the alias."""
-        value = self.field.default
-        if self.alias is not None and self.alias.values is not None:
-            return next(name for name, mapped in self.alias.values.items() if mapped == value)
-        if self.alias is not None and self.alias.index is not None:
-            return value[self.alias.index]
-        return value
+        return self.flag_value(self.field.default)
 
     def field_value(self, flag_value: object) -> object:
         """The value of the field that ``flag_value`` stands for."""
@@ -101,6 +96,15 @@ class ConfigFlag:
             values[self.alias.index] = flag_value
             return tuple(values)
         return flag_value
+
+    def flag_value(self, field_value: object) -> object:
+        """The flag's value that stands for ``field_value`` (the inverse of
+        :meth:`field_value`; an indexed alias reads its element only)."""
+        if self.alias is not None and self.alias.values is not None:
+            return next(name for name, mapped in self.alias.values.items() if mapped == field_value)
+        if self.alias is not None and self.alias.index is not None:
+            return field_value[self.alias.index]
+        return field_value
 
     def define(self, flag_values: flags.FlagValues, module_name: str) -> None:
         """Define the flag in ``flag_values``, filed under ``module_name`` (its group)."""
@@ -188,6 +192,16 @@ class FlagSchema:
                 if flag.config is config
             }
         )
+
+    def values_of(self, configs: Iterable[object]) -> dict[str, object]:
+        """The value of every generated flag that gives ``configs`` (one instance of each
+        dataclass of the schema): the inverse of :meth:`build`, for the fields that have a
+        flag."""
+        by_type = {type(config): config for config in configs}
+        return {
+            flag.name: flag.flag_value(getattr(by_type[flag.config], flag.field.name))
+            for flag in self.flags()
+        }
 
     def grouped_help(self, flag_values: flags.FlagValues) -> str:
         """The flags of every group, in order, rendered as absl renders a module's flags."""

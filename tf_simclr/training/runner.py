@@ -1,10 +1,10 @@
 """Run one phase end to end: data -> model -> loop -> checkpoints -> evaluation -> hub export.
 
-This is what ``tf-simclr`` calls after turning flags into a :class:`RunConfig`. The model_dir
-layout is the design's contract: ``ckpt/``, ``train/`` and ``eval/`` (TensorBoard),
+:func:`tf_simclr.train` (and so ``tf-simclr``) runs a :class:`RunConfig` with this. The
+model_dir layout is the design's contract: ``ckpt/``, ``train/`` and ``eval/`` (TensorBoard),
 ``hub/<step>/``, ``config.json``, ``classes.txt`` (the source's class names, line i naming
 class i), ``result.json`` and ``labels_subset.txt`` when a label fraction was used
-(``flags.json`` is written by the binary).
+(``flags.json`` is written by :func:`tf_simclr.training.api.train`).
 
 Constructing a :class:`PhaseRunner` reads and checks everything the run needs (data, splits,
 labeled subset, batch, step count) and writes nothing. Against the size of the training set it

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from tf_simclr.config import STRATEGIES
 
 
 def configure_logical_cpus(count: int) -> None:
