@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "tf-simclr=tf_simclr.run:run_main",
             "tf-simclr-export=tf_simclr.export_hub:run_main",
+            "tf-simclr-embed=tf_simclr.embed_main:run_main",
         ],
     },
 )

@@ -14,8 +14,9 @@ and ``photo.jpg``, with these substitutions and nothing else:
   in them, a string that starts a flag with a repository path (``"--flagfile=flags/...``) is made
   absolute and every ``"--model_dir=..."`` string is followed by :data:`SHORTER`'s flags, as
   the commands are shortened;
-- ``tf-simclr`` and ``tf-simclr-export`` run as ``python -m tf_simclr.run`` and
-  ``python -m tf_simclr.export_hub`` with this interpreter;
+- ``tf-simclr``, ``tf-simclr-export`` and ``tf-simclr-embed`` run as ``python -m
+  tf_simclr.run``, ``python -m tf_simclr.export_hub`` and ``python -m tf_simclr.embed_main``
+  with this interpreter;
 - repository paths in flags (``--flagfile=flags/...``, ``--checkpoint=pretrained/...``) are made
   absolute, so the commands run from another directory, as a user's would;
 - every ``tf-simclr`` command is shortened by :data:`SHORTER` (a few steps of small batches at
@@ -69,6 +70,7 @@ MODEL_DIR = "runs/photos/finetune"
 PROGRAMS = {
     "tf-simclr": [sys.executable, "-m", "tf_simclr.run"],
     "tf-simclr-export": [sys.executable, "-m", "tf_simclr.export_hub"],
+    "tf-simclr-embed": [sys.executable, "-m", "tf_simclr.embed_main"],
 }
 
 

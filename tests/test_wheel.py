@@ -34,6 +34,7 @@ NOT_SOURCES = shutil.ignore_patterns(
 CONSOLE_SCRIPTS = {
     "tf-simclr": "tf_simclr.run:run_main",
     "tf-simclr-export": "tf_simclr.export_hub:run_main",
+    "tf-simclr-embed": "tf_simclr.embed_main:run_main",
 }
 # Imports every module of the installed package; prints {module name: file}.
 IMPORT_EVERY_MODULE = """
