@@ -45,6 +45,7 @@ from tf_simclr.embed import (
     write_stream,
 )
 from tf_simclr.embed_files import (
+    OUTPUTS,
     SPRITE_MAX_SIDE,
     EmbeddingFiles,
     check_output_dir,
@@ -120,10 +121,16 @@ def photos(tmp_path_factory) -> tuple[Path, list[Path]]:
     return folder, write_photos(folder)
 
 
-def module_outputs(module: Path, images: np.ndarray, endpoint: str) -> np.ndarray:
-    """The module's own signature for ``endpoint`` on ``images`` (float32 [0, 1])."""
+def module_outputs(module: Path, images: np.ndarray, endpoint: str, batch: int) -> np.ndarray:
+    """The module's own signature for ``endpoint`` on ``images`` (float32 [0, 1]), in batches
+    of ``batch`` as the binary ran them (a kernel may pick its summation order by batch size)."""
     signature = hub.load(str(module)).signatures[endpoint]
-    return signature(images=tf.constant(images))[endpoint].numpy()
+    return np.concatenate(
+        [
+            signature(images=tf.constant(images[start : start + batch]))[endpoint].numpy()
+            for start in range(0, len(images), batch)
+        ]
+    )
 
 
 ONEDNN_OFF_OUTPUTS = """
@@ -189,7 +196,7 @@ def test_rows_are_the_modules_final_avg_pool_in_the_folders_order(
     # Decoded as the folder source decodes them; 16 px, the size the model reads.
     decoded = np.stack([tf.io.decode_jpeg(path.read_bytes(), channels=3) for path in photos[1]])
     images = decoded.astype(np.float32) / 255.0
-    expected = module_outputs(module, images, "final_avg_pool")
+    expected = module_outputs(module, images, "final_avg_pool", batch=4)  # --batch_size=4
     assert rows.dtype == np.float32 and rows.shape == expected.shape
     atol = tolerance(module, images, expected, "final_avg_pool", tmp_path)
     np.testing.assert_allclose(rows, expected, rtol=0, atol=atol)
@@ -246,7 +253,7 @@ def test_a_checkpoint_embeds_any_endpoint_and_caps_the_projector(run_dir, module
     run_child(embed_command(*flags), check=True)
     source, info = load_source(SYNTHETIC, "test")
     images = np.stack([image for image, _ in source.as_numpy_iterator()]) / np.float32(255)
-    expected = module_outputs(module, images.astype(np.float32), "proj_head_1")
+    expected = module_outputs(module, images.astype(np.float32), "proj_head_1", batch=256)
     rows = np.load(output / "embeddings.npy")
     atol = tolerance(module, images.astype(np.float32), expected, "proj_head_1", tmp_path)
     np.testing.assert_allclose(rows, expected, rtol=0, atol=atol)
@@ -445,6 +452,28 @@ def test_a_short_stream_is_refused_and_leaves_nothing(tmp_path):
         files.finish({})
     files.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_embedding_replaces_the_first(tmp_path):
+    for count in (10, 6):
+        files = EmbeddingFiles(
+            str(tmp_path),
+            count,
+            ("key",),
+            tensor_name="x",
+            projector_max_images=4,
+            thumbnail_size=8,
+        )
+        write_stream(small_batches(count, 5, files), files, Progress(count, 1e9, log=print))
+        files.finish({"num_images": count})
+    assert np.load(tmp_path / "embeddings.npy").shape == (6, 5)
+    assert [line[1] for line in read_tsv(tmp_path / "projector/metadata.tsv")[1:]] == [
+        "img0",
+        "img1",
+        "img3",
+        "img4",
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(OUTPUTS)
 
 
 def test_progress_lines_give_images_per_second_and_time_left():
