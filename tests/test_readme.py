@@ -177,9 +177,11 @@ def command_line(words: tuple[str, ...], scratch: Path) -> list[str]:
 
 def python_program(text: str, scratch: Path) -> str:
     """A documented Python block as it runs here (see the module docstring)."""
+    # Placeholders first: a checkout under /tmp/ must not have its own path substituted.
+    text = substitute(text, scratch)
     text = re.sub(r'"(--\w+=)(flags|pretrained)/', rf'"\g<1>{REPO_ROOT}/\g<2>/', text)
     shorter = "".join(f', "{flag}"' for flag in SHORTER)
-    return re.sub(r'("--model_dir=[^"]*")', rf"\g<1>{shorter}", substitute(text, scratch))
+    return re.sub(r'("--model_dir=[^"]*")', rf"\g<1>{shorter}", text)
 
 
 def run_step(step: Step, scratch: Path, name: str) -> str:
