@@ -306,7 +306,9 @@ def resolve_flags(parsed: ParsedFlags) -> ResolvedFlags:
         where = "command line" if origin == COMMAND_LINE else f"flagfile {origin}"
         renamed = f" (--{flag.name})" if flag.name != flag.field.name else ""
         origins[f"{SECTIONS[flag.config]}.{flag.field.name}"] = where + renamed
-    saved_run = os.path.join(config.train.model_dir, "config.json")
+    from tf_simclr.checkpoints import CONFIG_FILENAME
+
+    saved_run = os.path.join(config.train.model_dir, CONFIG_FILENAME)
     for before, after, source in (
         (requested, remembered, f"the run in {saved_run}"),
         (remembered, config, f"--checkpoint={config.train.init_checkpoint}"),

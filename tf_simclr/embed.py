@@ -148,18 +148,15 @@ def read_model_source(path: str) -> ModelSource:
         )
     config = hub.export_config(checkpoints.load_model_config(path))
     if checkpoints.is_reference_checkpoint(path):
-        return ModelSource(path, config, _all_parts(config), None)
+        return ModelSource(path, config, hub.module_parts(config, True, True), None)
     if checkpoints.is_hub_module(path):
         parts = hub.read_module_info(path).parts
         hub_dir = os.path.dirname(os.path.normpath(path))
         run = os.path.dirname(hub_dir) if os.path.basename(hub_dir) == "hub" else None
         return ModelSource(path, config, parts, recorded_image_size(run) if run else None)
     _, model_dir = checkpoints.find_checkpoint(path)
-    return ModelSource(path, config, _all_parts(config), recorded_image_size(model_dir))
-
-
-def _all_parts(config: ModelConfig) -> tuple[str, ...]:
-    return ("encoder", "projection_head") + (("supervised_head",) if config.num_classes else ())
+    parts = hub.module_parts(config, True, True)
+    return ModelSource(path, config, parts, recorded_image_size(model_dir))
 
 
 def load_model(source: ModelSource, image_size: int) -> SimCLRModel:

@@ -41,8 +41,9 @@ FLAG_SCHEMA = FlagSchema(
 )
 
 
-def main(argv: list[str]) -> int:
-    """Embed as the flags say; returns the exit status (see the module docstring)."""
+def main(argv: list[str], flag_values: flags.FlagValues) -> int:
+    """Embed as the parsed ``flag_values`` say; returns the exit status (see the module
+    docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     start_tensorflow()
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
     from tf_simclr.embed import embed
 
     try:
-        config = FLAG_SCHEMA.build(EmbedConfig, flags.FLAGS.flag_values_dict())
+        config = FLAG_SCHEMA.build(EmbedConfig, flag_values.flag_values_dict())
         result = embed(config)
     except (
         ValueError,
@@ -72,9 +73,10 @@ def main(argv: list[str]) -> int:
 
 def run_main() -> None:
     """Console-script entry point ``tf-simclr-embed``."""
-    FLAG_SCHEMA.define(flags.FLAGS)
+    flag_values = flags.FLAGS  # the entry point is the one place that reads absl's globals
+    FLAG_SCHEMA.define(flag_values)
     install_grouped_help(__doc__, FLAG_SCHEMA)
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv, flag_values)))
 
 
 if __name__ == "__main__":
