@@ -100,6 +100,8 @@ TODAYS_FLAGS = {
     "train_mode", "train_split", "train_steps", "use_blur", "warmup_epochs", "weight_decay",
     "width_multiplier", "zero_init_logits_layer",
 }  # fmt: skip
+# Flags of issue 30 (preemption and second thoughts): operational bounds, not the run's identity.
+TODAYS_FLAGS |= {"allow_config_change", "max_image_megapixels", "worker_timeout_seconds"}
 # The binary's one flag that is not a setting: an action (issue 29).
 BINARY_FLAGS = TODAYS_FLAGS | {"print_config"}
 

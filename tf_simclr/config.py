@@ -386,6 +386,11 @@ class TrainConfig:
     jit_compile: bool = setting(False, "XLA-compile the step (good on GPU/TPU).")
     export_hub: bool = setting(True, "Export model_dir/hub/<step> when the phase ends.")
     eval_timeout_seconds: int = setting(0, "mode=eval: wait this long for new checkpoints.")
+    allow_config_change: str = setting(
+        "",
+        "Comma-separated settings a resume may change (e.g. learning_rate,train_batch_size); "
+        "each segment is recorded in config.json.",
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -562,6 +567,9 @@ class DataConfig:
     label_fraction: float = setting(0.0, "Class-balanced fraction of labels (e.g. 0.01).")
     labels_per_class: int = setting(0, "Labels per class (instead of a fraction).")
     labels_subset_file: str = setting("", "File listing the labeled examples.")
+    max_image_megapixels: float = setting(
+        50.0, "Skip (and count) images whose header announces more megapixels."
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "dataset must be set, e.g. 'fashion_mnist'.")
@@ -574,6 +582,7 @@ class DataConfig:
             "to use every label.",
         )
         _require(self.labels_per_class >= 0, "labels_per_class must be >= 0 (0 = unused).")
+        _require(self.max_image_megapixels > 0, "max_image_megapixels must be > 0.")
         chosen = [
             name
             for name in ("label_fraction", "labels_per_class", "labels_subset_file")
@@ -621,6 +630,9 @@ class DistributionConfig:
     )
     tpu: str = setting("", "TPU address for --strategy=tpu.")
     logical_cpu_devices: int = setting(0, "Split the CPU into N devices (testing).")
+    worker_timeout_seconds: int = setting(
+        300, "multi_worker: give up when the other workers have not joined after this long."
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -630,6 +642,10 @@ class DistributionConfig:
         _require(
             self.logical_cpu_devices >= 0,
             f"logical_cpu_devices={self.logical_cpu_devices} must be >= 0 (0: the CPU as it is).",
+        )
+        _require(
+            self.worker_timeout_seconds >= 1,
+            f"worker_timeout_seconds={self.worker_timeout_seconds} must be >= 1.",
         )
         _require(
             self.strategy == "tpu" or not self.tpu,

@@ -42,6 +42,19 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss, or a variable at a checkpoint boundary, is NaN or Inf."""
 
 
+class TrainingInterruptedError(Exception):
+    """Training stopped on ``signal_name`` (SIGTERM, SIGINT) at a step boundary, after saving
+    ``checkpoint`` at ``step``: the same command resumes from it exactly."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str | None) -> None:
+        super().__init__(
+            f"{signal_name} received: saved {checkpoint or 'no checkpoint'} at step {step}"
+        )
+        self.signal_name = signal_name
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 @dataclasses.dataclass
 class LoopSettings:
     """What the loop needs to know about the run (derived from TrainConfig by the runner).
