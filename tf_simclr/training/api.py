@@ -150,7 +150,9 @@ def _start(config: RunConfig) -> tf.distribute.Strategy:
     _split_cpu(distribution.logical_cpu_devices)
     if data.deterministic:
         make_deterministic(data.seed)
-    strategy = create_strategy(distribution.strategy, distribution.tpu)
+    strategy = create_strategy(
+        distribution.strategy, distribution.tpu, distribution.worker_timeout_seconds
+    )
     evaluates = train.mode != "train"
     try:
         check_batch_sizes(

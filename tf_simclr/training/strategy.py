@@ -39,11 +39,14 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def create_strategy(name: str, tpu_address: str = "") -> tf.distribute.Strategy:
+def create_strategy(
+    name: str, tpu_address: str = "", worker_timeout_seconds: int = 300
+) -> tf.distribute.Strategy:
     """The strategy called ``name``: default, mirrored, multi_worker (TF_CONFIG) or tpu.
 
     ``mirrored`` replicates over every local GPU, or over every logical CPU device when there
-    is no GPU. ``multi_worker`` reads the cluster from the ``TF_CONFIG`` environment variable.
+    is no GPU. ``multi_worker`` reads the cluster from the ``TF_CONFIG`` environment variable
+    and waits at most ``worker_timeout_seconds`` for the other workers to join.
     """
     if name == "default":
         return tf.distribute.get_strategy()
