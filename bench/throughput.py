@@ -16,6 +16,11 @@ fed either by the real input pipeline (``pipeline``) or by one pre-augmented bat
 Model FLOPs are counted by TensorFlow's profiler on the traced forward pass of one view batch
 (multiply-adds count as 2 FLOPs); a training step is counted as 3x the forward pass, the usual
 estimate (forward + two backward matmuls per layer).
+
+The peak is the best of several ``tf.matmul`` chains measured in the same run, each in its own
+process: one before every configuration (in its precision) and one after the last, so that a
+chain slowed by a passing load does not set it. Every result's ``fraction_of_peak`` divides by that
+run-wide best, and the run starts by naming the machine (CPU model, AMX / AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from machine import describe_machine, machine_line
 
 
 def config_spec(name: str) -> dict:
@@ -182,10 +189,6 @@ def run_one(args: argparse.Namespace) -> dict:
         run_steps(iterator, 2)
         tf.profiler.experimental.stop()
         result["op_breakdown"] = op_breakdown(logdir)
-    if args.peak:
-        peak = matmul_peak("bfloat16" if args.precision == "bfloat16" else "float32")
-        result["matmul_peak_tflops"] = peak / 1e12
-        result["fraction_of_peak"] = step_flops / peak
     return result
 
 
@@ -230,6 +233,26 @@ def op_breakdown(logdir: str, top: int = 15) -> list[list]:
     return [[op_type, round(time / total, 4)] for op_type, time in totals.most_common(top)]
 
 
+def _run_child(child: dict) -> dict:
+    """Run one measurement in a fresh process and return its result."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(child)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def _measure_peak(precision: str, peaks: dict[str, float]) -> None:
+    """Measure one matmul chain of ``precision`` in its own process; keep the best in
+    ``peaks``."""
+    measured = _run_child({"peak_only": True, "precision": precision})["matmul_peak"]
+    print(f"matmul chain {precision}: {measured / 1e12:.3f} TFLOP/s", flush=True)
+    peaks[precision] = max(peaks.get(precision, 0.0), measured)
+
+
 def _repeat(batch):
     while True:
         yield batch
@@ -253,9 +276,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child = argparse.Namespace(**json.loads(args.child))
-        print("RESULT " + json.dumps(run_one(child)), flush=True)
+        if child.peak_only:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            result = {"precision": child.precision, "matmul_peak": matmul_peak(child.precision)}
+        else:
+            result = run_one(child)
+        print("RESULT " + json.dumps(result), flush=True)
         return
+    machine = describe_machine()
+    print(f"machine: {machine_line(machine)}", flush=True)
     results = []
+    peaks: dict[str, float] = {}
     for config in args.configs.split(","):
         batch = args.batch or (16 if config_spec(config)["image_size"] > 64 else 256)
         for precision in args.precisions.split(","):
@@ -273,20 +304,30 @@ def main() -> None:
                         steps=args.steps,
                         warmup=args.warmup,
                         pipeline=mode == "pipeline",
-                        peak=mode == "model_only",
                         profile=args.profile,
                         inter_op_threads=args.inter_op_threads,
+                        peak_only=False,
                     )
-                    output = subprocess.run(
-                        [sys.executable, __file__, "--child", json.dumps(child)],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
-                    result = json.loads(line[len("RESULT ") :])
+                    _measure_peak(precision, peaks)
+                    result = {**_run_child(child), "machine": machine}
                     results.append(result)
                     print(json.dumps(result), flush=True)
+    for precision in {result["precision"] for result in results}:
+        _measure_peak(precision, peaks)
+    for result in results:
+        peak = peaks[result["precision"]]
+        result["matmul_peak_tflops"] = peak / 1e12
+        result["fraction_of_peak"] = result["model_tflops_per_second"] * 1e12 / peak
+        print(
+            f"{result['config']} w{result['width']} {result['precision']} "
+            f"x{result['replicas']} batch {result['batch']} "
+            f"{'pipeline' if result['pipeline'] else 'model only'}: "
+            f"{result['images_per_second']:.1f} images/s, "
+            f"{result['model_tflops_per_second']:.3f} TFLOP/s, "
+            f"{result['fraction_of_peak']:.2f} of the best {result['precision']} matmul chain "
+            f"({peak / 1e12:.3f} TFLOP/s)",
+            flush=True,
+        )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
