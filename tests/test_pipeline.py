@@ -1,5 +1,7 @@
 """Input pipelines: the element contract of each phase, eval exactness, determinism, replicas."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -291,3 +293,25 @@ def test_bad_arguments_are_clear_errors(two_replica_strategy):
         build_dataset(floats, 64, phase="finetune", training=True, **common)
     with pytest.raises(ValueError, match="empty"):
         build_dataset(dataset, 0, phase="finetune", training=True, **common)
+
+
+def test_training_on_a_single_image_warns_and_runs_on_copies_of_it(one_device_strategy, caplog):
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(1, 16, 16, 3)
+    dataset = tf.data.Dataset.from_tensor_slices((image, np.zeros(1, np.int32)))
+    settings = dict(global_batch_size=4, augment=AugmentConfig(image_size=16, **IDENTITY_CROP))
+    with caplog.at_level(logging.WARNING, logger="tf_simclr"):
+        stream = build_distributed_dataset(
+            one_device_strategy, dataset, 1, phase="finetune", training=True, **settings
+        )
+    assert "the training data holds a single image" in caplog.text
+    assert "training will see only copies of it" in caplog.text
+    batch = next(iter(stream))
+    expected = np.broadcast_to(image / np.float32(255), (4, 16, 16, 3))
+    # Bound: one float32 division of uint8 values (the identity crop resizes nothing).
+    np.testing.assert_allclose(batch["image"].numpy(), expected, atol=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tf_simclr"):
+        build_distributed_dataset(
+            one_device_strategy, dataset, 1, phase="eval", training=False, **settings
+        )
+    assert "single image" not in caplog.text  # evaluating one image is fine

@@ -22,6 +22,8 @@ including a run resumed at ``start_step``.
 
 from __future__ import annotations
 
+import logging
+
 import tensorflow as tf
 
 from tf_simclr.config import CIFAR_IMAGE_SIZE, AugmentConfig
@@ -29,6 +31,7 @@ from tf_simclr.data.augment import Augmenter, augments_per_batch, fold_seed
 
 PHASES = ("pretrain", "finetune", "distill", "eval")
 _CROP_EXAMPLE, _CROP_BATCH, _DISTORT_EXAMPLE, _DISTORT_BATCH = 0, 1, 2, 3  # seed streams
+logger = logging.getLogger(__name__)
 
 
 def default_shuffle_buffer(batch_size: int, image_size: int, num_examples: int) -> int:
@@ -266,8 +269,17 @@ def build_distributed_dataset(
     For training, each input pipeline (one per worker) builds its worker's share of the global
     batch and splits it into consecutive per-replica batches, so the examples and their
     augmentations depend on the number of workers only: one device and two mirrored replicas
-    see the same data."""
+    see the same data.
+
+    Training on a single example runs, with a warning: every batch is copies of that image.
+    """
     replicas = strategy.num_replicas_in_sync
+    if training and num_examples == 1:
+        logger.warning(
+            "the training data holds a single image: training will see only copies of it "
+            "(differently augmented), from which the model learns little; add images to the "
+            "dataset (see the skipped files above, if any) or widen --train_split."
+        )
     if global_batch_size % replicas:
         raise ValueError(
             f"global_batch_size={global_batch_size} does not divide over {replicas} replicas; "

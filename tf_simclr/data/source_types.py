@@ -19,7 +19,8 @@ _SPLIT_PATTERN = re.compile(r"^([A-Za-z0-9_]+)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
     """What a source holds. ``keys`` and ``labels`` (via :meth:`Source.index`) follow the order
-    of the dataset; ``skipped`` counts files that could not be decoded and were left out."""
+    of the dataset; ``skipped`` counts files left out: unreadable, announcing more than
+    ``max_image_megapixels`` in their header, or named in bytes that are not UTF-8."""
 
     name: str
     split: str

@@ -2,13 +2,16 @@
 
 ``load_source(name, split, data_dir)`` returns ``(dataset, info)``: a ``tf.data.Dataset`` of
 ``(image, label)`` pairs (uint8 [H, W, 3], int32; label -1 for unlabeled images) in a fixed order,
-and a :class:`SourceInfo` with ``num_examples``, ``num_classes`` and ``skipped`` (unreadable files
-left out). Names:
+and a :class:`SourceInfo` with ``num_examples``, ``num_classes`` and ``skipped`` (files left
+out: unreadable, too large, or named in bytes that are not UTF-8). Names:
 
 * ``fashion_mnist`` -- Debian's IDX files (``/usr/share/datasets/fashion-mnist``);
 * ``synthetic[:size=32,count=1024,classes=4,seed=0,test_count=256]`` -- procedural images;
 * ``tfds:NAME`` -- a TFDS dataset already prepared in ``data_dir`` (never downloads);
 * ``folder:PATH`` -- class-per-subfolder image trees (or one flat folder of unlabeled images).
+
+``max_image_megapixels`` is for ``folder:`` sources: images whose header announces more
+megapixels are skipped (and counted) before anything decodes them.
 
 Splits are ``train`` / ``test`` (any split TFDS knows for ``tfds:``), optionally sliced like TFDS:
 ``train[:10%]``, ``train[1000:]``.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_simclr.data.fashion_mnist import fashion_mnist_source
-from tf_simclr.data.folder import FolderSource
+from tf_simclr.data.folder import DEFAULT_MAX_IMAGE_MEGAPIXELS, FolderSource
 from tf_simclr.data.source_types import Source, SourceInfo
 from tf_simclr.data.synthetic import parse_options, synthetic_source
 from tf_simclr.data.tfds_source import TfdsSource
@@ -52,7 +55,13 @@ def validate_dataset_name(name: str, setting: str = "dataset") -> None:
     )
 
 
-def open_source(name: str, split: str = "train", data_dir: str | None = None) -> Source:
+def open_source(
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    *,
+    max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
+) -> Source:
     """The :class:`Source` for a ``--dataset`` string and split (see the module docstring)."""
     validate_dataset_name(name)
     kind, argument = _split_name(name)
@@ -62,17 +71,22 @@ def open_source(name: str, split: str = "train", data_dir: str | None = None) ->
         return synthetic_source(argument, split)
     if kind == "tfds":
         return TfdsSource(argument, split, data_dir)
-    return FolderSource(argument, split)
+    return FolderSource(argument, split, max_image_megapixels)
 
 
 def load_source(
-    name: str, split: str = "train", data_dir: str | None = None, *, supervised: bool = False
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    *,
+    supervised: bool = False,
+    max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
 ) -> tuple[tf.data.Dataset, SourceInfo]:
     """``(dataset of (uint8 [H, W, 3] image, int32 label), info)`` for a ``--dataset`` string.
 
     ``supervised=True`` (fine-tuning, linear evaluation) requires at least two classes.
     """
-    source = open_source(name, split, data_dir)
+    source = open_source(name, split, data_dir, max_image_megapixels=max_image_megapixels)
     info = source.info
     if supervised and info.num_classes < 2:
         found = "no class subfolders" if info.num_classes == 0 else "a single class"

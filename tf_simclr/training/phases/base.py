@@ -28,7 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import checkpoints
-from tf_simclr.config import ModelConfig, OptimConfig, RunConfig
+from tf_simclr.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from tf_simclr.data import (
     LabelSubset,
     SourceInfo,
@@ -80,10 +80,16 @@ def build_model(
 
 
 def _open_labeled(
-    name: str, split: str, data_dir: str | None, role: str
+    name: str, split: str, data: DataConfig, role: str
 ) -> tuple[tf.data.Dataset, SourceInfo]:
-    """``load_source`` of a split that must be labeled (ValueError naming ``role`` if not)."""
-    dataset, info = load_source(name, split=split, data_dir=data_dir)
+    """``load_source`` of a split that must be labeled (ValueError naming ``role`` if not),
+    read with ``data``'s ``data_dir`` and ``max_image_megapixels``."""
+    dataset, info = load_source(
+        name,
+        split=split,
+        data_dir=data.data_dir,
+        max_image_megapixels=data.max_image_megapixels,
+    )
     if not info.num_classes:
         raise ValueError(
             f"{role} needs labels, but {name} split {split!r} holds unlabeled images (a folder "
@@ -125,12 +131,15 @@ class Phase:
         self.strategy = strategy
         data = config.data
         self.train_source, self.train_info = load_source(
-            data.dataset, split=data.train_split, data_dir=data.data_dir
+            data.dataset,
+            split=data.train_split,
+            data_dir=data.data_dir,
+            max_image_megapixels=data.max_image_megapixels,
         )
         self.label_source, self.label_info = self.train_source, self.train_info
         if data.labels_source != data.dataset:
             self.label_source, self.label_info = _open_labeled(
-                data.labels_source, data.train_split, data.data_dir, "--label_dataset"
+                data.labels_source, data.train_split, data, "--label_dataset"
             )
         self.num_classes = self.model_classes()
         self._eval_examples: tuple[tf.data.Dataset, SourceInfo] | None = None
@@ -250,7 +259,7 @@ class Phase:
         if self._eval_examples is None:
             data = self.config.data
             dataset, info = _open_labeled(
-                data.evaluation_source, data.eval_split, data.data_dir, "evaluation"
+                data.evaluation_source, data.eval_split, data, "evaluation"
             )
             self._check_eval_classes(info)
             self._eval_examples = dataset, info
@@ -278,7 +287,7 @@ class Phase:
                 source, info = self.label_source, self.label_info
             else:
                 source, info = _open_labeled(
-                    data.evaluation_source, data.train_split, data.data_dir, "the kNN monitor"
+                    data.evaluation_source, data.train_split, data, "the kNN monitor"
                 )
             self._knn_bank = source.take(size), min(size, info.num_examples)
         return self._knn_bank
