@@ -11,6 +11,7 @@ the sprite whatever the number of images, which a child process measures on 100,
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from binary_runs import (
 from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins.projector import ProjectorConfig
+from test_folder_safety import write_blank_png, write_bytes_named
 from tolerances import ONEDNN_OFF, drift_tolerance
 
 from tf_simclr import embed_main
@@ -328,6 +330,23 @@ def test_the_plan_refuses_an_empty_folder_a_previous_embedding_and_an_unknown_si
         plan(EmbedConfig(**{**base, "checkpoint": str(moved), "image_size": 24})).image_size == 24
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_plan_skips_huge_images_and_names_not_in_utf8(run_dir, tmp_path, caplog):
+    folder = tmp_path / "photos"
+    files = write_photos(folder)
+    write_blank_png(folder / "circle" / "huge.png", 8000, 8000)  # 64 megapixels, over 50
+    write_bytes_named(folder, b"square/\xe9t\xe9.jpg", files[-1].read_bytes())  # Latin-1
+    config = EmbedConfig(
+        checkpoint=str(run_dir), dataset=f"folder:{folder}", output_dir=str(tmp_path / "out")
+    )
+    with caplog.at_level(logging.WARNING):
+        info = plan(config).info
+    assert (info.num_examples, info.skipped) == (len(files), 3)
+    assert "circle/huge.png (8000x8000)" in caplog.text
+    assert repr(b"square/\xe9t\xe9.jpg") in caplog.text and "square/broken.jpg" in caplog.text
+    assert info.source.index()[0] == [str(path.relative_to(folder)) for path in files]
 
 
 # The binary's flags: their names are the binary's contract (docs/embed.md).
