@@ -39,6 +39,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The default of DataConfig.max_image_megapixels (and of sources opened without a config).
 DEFAULT_MAX_IMAGE_MEGAPIXELS = 50.0
 HEADER_THREADS = 8  # header reads are tiny; threads overlap their latency on network disks
+HEADER_CHUNK = 256  # files a thread reads in one task
 NAMES_SHOWN = 5  # files named per warning
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def printable(name: str) -> str:
+def _printable(name: str) -> str:
     """``name``, or its bytes escaped (``b'bad\\xff.png'``) when it is not UTF-8."""
     return name if _is_utf8(name) else repr(os.fsencode(name))
 
@@ -76,7 +77,7 @@ def _split_root(path: str, split: str) -> str:
         return path
     folders = sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
     raise FileNotFoundError(
-        f"folder:{path} has no {split}/ subfolder; available: {list(map(printable, folders))}."
+        f"folder:{path} has no {split}/ subfolder; available: {list(map(_printable, folders))}."
     )
 
 
@@ -114,7 +115,7 @@ def _list_files(root: str) -> _Listing:
                 "%s: ignoring %d image(s) next to the class folders (e.g. %s)",
                 root,
                 len(loose),
-                printable(loose[0]),
+                _printable(loose[0]),
             )
         classes = tuple(filter(_is_utf8, folders))
         label_of = {name: label for label, name in enumerate(classes)}
@@ -128,14 +129,20 @@ def _list_files(root: str) -> _Listing:
         files=[found[index] for index in named],
         labels=[labels[index] for index in named],
         classes=classes,
-        not_utf8=[printable(name) for name in found if not _is_utf8(name)],
+        not_utf8=[_printable(name) for name in found if not _is_utf8(name)],
     )
 
 
 def _announced_sizes(paths: list[str]) -> list[tuple[int, int] | None]:
-    """Each file's ``(width, height)`` as its header announces it (None: none announced)."""
+    """Each file's ``(width, height)`` as its header announces it (None: none announced), read
+    by threads in chunks (a task per file would hold a future per file of a large dataset)."""
+    chunks = [paths[start : start + HEADER_CHUNK] for start in range(0, len(paths), HEADER_CHUNK)]
+
+    def read(chunk: list[str]) -> list[tuple[int, int] | None]:
+        return [announced_size(path) for path in chunk]
+
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        return list(pool.map(announced_size, paths))
+        return [size for sizes in pool.map(read, chunks) for size in sizes]
 
 
 def _decodes_with_tf(paths: list[str]) -> np.ndarray:
