@@ -217,3 +217,25 @@ def test_a_checkpoint_whose_data_is_gone_is_named_not_probed(model_dir):
     assert not checkpoints.is_reference_checkpoint(str(prefix))
     with pytest.raises(ValueError, match=r"ckpt-1 cannot be read"):
         checkpoints.find_usable_checkpoint(str(prefix))
+
+
+def test_the_latest_checkpoint_passes_over_one_whose_files_are_gone(model_dir):
+    ckpt = model_dir / "ckpt"
+    assert checkpoints.latest_checkpoint(str(model_dir)) == str(ckpt / "ckpt-3")
+    for path in ckpt.glob("ckpt-3.*"):
+        path.unlink()  # the state file still names ckpt-3 as the newest
+    assert tf.train.latest_checkpoint(str(ckpt)) is None
+    assert checkpoints.latest_checkpoint(str(model_dir)) == str(ckpt / "ckpt-2")
+    assert checkpoints.find_checkpoint(str(model_dir)) == (str(ckpt / "ckpt-2"), str(model_dir))
+    assert checkpoints.latest_checkpoint(str(model_dir / "nothing")) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [('{"model": {"resnet_depth": 18', "is not valid JSON"), ('{"train": {}}', "no 'model'")],
+)
+def test_a_config_json_that_cannot_be_read_is_named(tmp_path, text, named):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{path} ") + ".*" + re.escape(named)):
+        checkpoints.read_model_config(str(path))

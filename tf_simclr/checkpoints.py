@@ -69,8 +69,19 @@ def checkpoint_step(prefix: str) -> int:
 
 
 def latest_checkpoint(model_dir: str) -> str | None:
-    """The newest checkpoint prefix in ``model_dir/ckpt`` (None before the first save)."""
-    return tf.train.latest_checkpoint(os.path.join(model_dir, CKPT_SUBDIR))
+    """The newest checkpoint prefix in ``model_dir/ckpt`` (None before the first save): of the
+    checkpoints its ``checkpoint`` state file records, the newest whose index file exists. One
+    whose files are gone (deleted by hand, missed by a copy) is passed over, as resuming passes
+    it over (:func:`newest_usable_checkpoint`); its tensors are not read."""
+    return newest_existing_in(os.path.join(model_dir, CKPT_SUBDIR))
+
+
+def newest_existing_in(ckpt_dir: str) -> str | None:
+    """The newest checkpoint recorded in ``ckpt_dir`` whose index file exists (None: none)."""
+    for prefix in recorded_checkpoints(ckpt_dir):
+        if tf.io.gfile.exists(prefix + ".index"):
+            return prefix
+    return None
 
 
 def find_checkpoint(path: str) -> tuple[str, str]:
@@ -80,7 +91,7 @@ def find_checkpoint(path: str) -> tuple[str, str]:
             ckpt_dir, model_dir = os.path.join(path, CKPT_SUBDIR), path
         else:
             ckpt_dir, model_dir = path, os.path.dirname(os.path.normpath(path))
-        prefix = tf.train.latest_checkpoint(ckpt_dir)
+        prefix = newest_existing_in(ckpt_dir)
         if prefix is None:
             raise FileNotFoundError(
                 f"no checkpoint in {ckpt_dir} (no 'checkpoint' file of tf.train.CheckpointManager);"
@@ -96,17 +107,37 @@ def find_checkpoint(path: str) -> tuple[str, str]:
     )
 
 
-def read_model_config(config_path: str) -> ModelConfig:
-    """The ``ModelConfig`` stored under key ``"model"`` of a model_dir's ``config.json``."""
+def read_run_config(config_path: str) -> dict:
+    """The JSON object of a model_dir's ``config.json``. Raises ``ValueError`` naming the file
+    when it is not a JSON object (cut short, edited by hand, another file), and
+    ``FileNotFoundError`` when there is none."""
     if not tf.io.gfile.exists(config_path):
         raise FileNotFoundError(
             f"no model configuration at {config_path}; pass --config=PATH/config.json (the "
             "config.json of the run that wrote the checkpoint)."
         )
     with tf.io.gfile.GFile(config_path) as handle:
-        values = json.load(handle)
-    if MODEL_KEY not in values:
-        raise ValueError(f"{config_path} has no {MODEL_KEY!r} key holding the ModelConfig.")
+        text = handle.read()
+    try:
+        values = json.loads(text)
+    except ValueError as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}): it is the configuration of the run in "
+            "its folder, needed to resume or evaluate it; put back the run's own config.json "
+            "(its flags.json holds the flags it was started with)."
+        ) from error
+    if not isinstance(values, dict) or not isinstance(values.get(MODEL_KEY), dict):
+        raise ValueError(
+            f"{config_path} is not the configuration of a tf-simclr run: it has no {MODEL_KEY!r} "
+            "object holding the ModelConfig."
+        )
+    return values
+
+
+def read_model_config(config_path: str) -> ModelConfig:
+    """The ``ModelConfig`` stored under key ``"model"`` of a model_dir's ``config.json``
+    (errors as :func:`read_run_config`'s)."""
+    values = read_run_config(config_path)
     return ModelConfig.from_dict(values[MODEL_KEY], config_path)
 
 

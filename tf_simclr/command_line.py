@@ -48,7 +48,7 @@ from tf_simclr.config import (
     RunConfig,
     TrainConfig,
 )
-from tf_simclr.flag_schema import Alias, FlagSchema
+from tf_simclr.flag_schema import Alias, ConfigFlag, FlagSchema
 from tf_simclr.flagfiles import COMMAND_LINE, expand_argv
 
 PROGRAM = "tf-simclr"
@@ -164,8 +164,9 @@ def check_run(config: RunConfig) -> None:
     is read or written: the settings only one phase uses belong to that phase (the memory of
     negatives to pretraining, a teacher to distillation, which trains its student), the memory
     holds whole batches, ``--checkpoint`` and ``--teacher`` are a hub module, a reference
-    checkpoint or hold a usable tf-simclr checkpoint, and ``--mode=eval`` has something to
-    evaluate. Raises ValueError naming the flag."""
+    checkpoint or hold a usable tf-simclr checkpoint, ``--allow_config_change`` names settings a
+    resume can change (:func:`allowed_changes`), and ``--mode=eval`` has something to evaluate.
+    Raises ValueError naming the flag."""
     from tf_simclr import checkpoints
 
     train, memory_size = config.train, config.memory.memory_size
@@ -194,6 +195,7 @@ def check_run(config: RunConfig) -> None:
                 checkpoints.find_usable_checkpoint(path)
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"--{name}: {error}") from error
+    allowed_changes(train.allow_config_change)
     if (
         train.mode == "eval"
         and not (train.init_checkpoint or train.eval_timeout_seconds)
@@ -204,6 +206,164 @@ def check_run(config: RunConfig) -> None:
             "--checkpoint=<model_dir, hub module or reference checkpoint> to evaluate that, or "
             "--eval_timeout_seconds=N to wait for the checkpoints of a training run."
         )
+
+
+# -- what a resume may change (issue 30) ---------------------------------------------------
+#
+# A run is one run: config.json is its identity, and a command that resumes it (its model_dir
+# has a checkpoint and a config.json) must ask for the same run. Every field of RunConfig's
+# sections is in exactly one of these sets (tests/test_resume_identity.py checks it, so a new
+# field cannot slip through unclassified), keyed "section.field":
+#
+# - RUN_IDENTITY: what the run computes (data, batch, image size and augmentation, optimizer,
+#   learning rate and schedule, weight decay, loss, memory, precision, phase, starting weights
+#   and teacher). A resume that changes one is refused before anything is written, unless
+#   --allow_config_change names it; a permitted change is logged and recorded as a segment.
+# - RUN_ARCHITECTURE: the model's shape and head selection, and what the data and the phase
+#   decide of it (num_classes, the supervised head's input). remembered_architecture adopts
+#   them from config.json; they can never change (train a new run).
+# - RESUME_LENGTH: how long the run trains. A resume may lengthen it; a shorter run is refused
+#   unless --allow_config_change names train_steps or train_epochs, and never shorter than the
+#   step of the checkpoint it resumes from.
+# - RESUME_FREE: how and where it computes, logs, checkpoints, exports and monitors; free on
+#   every resume (recorded in the new segment when changed). global_bn goes with the strategy:
+#   with one replica the runner builds plain batch norm, so config.json cannot tell it apart.
+
+
+def _fields(**sections: str) -> frozenset[str]:
+    """``_fields(optim="learning_rate momentum")`` -> ``{"optim.learning_rate", ...}``."""
+    return frozenset(
+        f"{section}.{name}" for section, names in sections.items() for name in names.split()
+    )
+
+
+RUN_IDENTITY = _fields(
+    model="batch_norm_decay zero_init_logits_layer fine_tune_after_block dtype_policy",
+    train="train_mode train_batch_size init_checkpoint teacher lineareval_while_pretraining",
+    optim="optimizer learning_rate learning_rate_scaling momentum nesterov eeta weight_decay "
+    "warmup_epochs",
+    loss="temperature hidden_norm loss_scale label_smoothing distill_temperature distill_alpha "
+    "hinton_tau_squared",
+    augment="image_size color_jitter_strength color_jitter_mode use_blur crop_area_range "
+    "crop_aspect_range flip_probability color_jitter_probability grayscale_probability "
+    "blur_probability blur_sigma_range eval_crop_proportion",
+    data="dataset eval_dataset label_dataset data_dir train_split eval_split shuffle_buffer seed "
+    "deterministic label_fraction labels_per_class labels_subset_file",
+    memory="memory_size memory_momentum memory_warmup_steps export_memory_network",
+)
+RUN_ARCHITECTURE = _fields(
+    model="resnet_depth width_multiplier sk_ratio se_ratio cifar_stem batch_norm_epsilon "
+    "initial_conv_before_bn reference_resnet_d proj_head_mode num_proj_layers proj_out_dim "
+    "truncated_proj_head ft_proj_selector supervised_head_batch_norm num_classes "
+    "supervised_head_stop_gradient"
+)
+RESUME_LENGTH = _fields(train="train_epochs train_steps")
+RESUME_FREE = _fields(
+    model="global_bn",
+    train="mode model_dir eval_batch_size eval_steps eval_timeout_seconds steps_per_loop "
+    "log_every_steps checkpoint_epochs checkpoint_steps keep_checkpoint_max keep_hub_module_max "
+    "knn_monitor knn_k knn_temperature knn_bank_size jit_compile export_hub allow_config_change",
+    augment="augment_jit_compile",
+    data="cache_dataset max_image_megapixels",
+    distribution="strategy tpu logical_cpu_devices worker_timeout_seconds",
+)
+
+
+def setting_names() -> dict[str, str]:
+    """Every name :func:`allowed_changes` understands, with the field it names: each flag's
+    name (``checkpoint``, ``precision``, ``learning_rate``) and each field's own name
+    (``init_checkpoint``, ``dtype_policy``, ``crop_area_range``)."""
+    names = {
+        field.name: f"{section}.{field.name}"
+        for kind, section in SECTIONS.items()
+        for field in dataclasses.fields(kind)
+    }
+    names.update({flag.name: _key(flag) for flag in FLAG_SCHEMA.flags()})
+    return names
+
+
+def _key(flag: ConfigFlag) -> str:
+    """``"section.field"`` of the field ``flag`` sets."""
+    return f"{SECTIONS[flag.config]}.{flag.field.name}"
+
+
+def allowed_changes(allow_config_change: str) -> frozenset[str]:
+    """The fields (``"optim.learning_rate"``) that ``--allow_config_change`` (comma-separated
+    flag names) lets a resume change. Raises ValueError for an unknown name and for a field of
+    the architecture, which no resume can change."""
+    names = setting_names()
+    requested = [name.strip() for name in allow_config_change.split(",") if name.strip()]
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        raise ValueError(
+            f"--allow_config_change names settings tf-simclr does not have: {unknown}; name "
+            "flags, comma-separated, e.g. --allow_config_change=learning_rate,train_batch_size."
+        )
+    fixed = [name for name in requested if names[name] in RUN_ARCHITECTURE]
+    if fixed:
+        raise ValueError(
+            f"--allow_config_change={allow_config_change}: {fixed} belong to the run's "
+            "architecture, which its checkpoints hold and no resume can change; train a new run "
+            "in another --model_dir (--checkpoint=THIS_RUN starts it from these weights)."
+        )
+    return frozenset(names[name] for name in requested)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A setting that differs between the run's ``config.json`` (``saved``) and this command
+    (``now``): ``key`` is ``"section.field"``, the values are config.json's (JSON) values."""
+
+    key: str
+    saved: object
+    now: object
+
+    @property
+    def name(self) -> str:
+        """The name ``--allow_config_change`` takes for it: its flag's, else its field's."""
+        flag = self.flag
+        return flag.removeprefix("--") if flag.startswith("--") else self.key.split(".", 1)[1]
+
+    @property
+    def flag(self) -> str:
+        """How the command line names it: ``--learning_rate``, ``--precision``; a field
+        without a flag of its own (or set in part by one) by its key."""
+        for flag in FLAG_SCHEMA.flags():
+            if _key(flag) == self.key and (flag.alias is None or flag.alias.index is None):
+                return f"--{flag.name}"
+        return self.key
+
+    def _shown(self, value: object) -> str:
+        for flag in FLAG_SCHEMA.flags():
+            if _key(flag) == self.key and flag.alias is not None and flag.alias.values:
+                mapped = [name for name, field in flag.alias.values.items() if field == value]
+                return json.dumps(mapped[0] if mapped else value)
+        return json.dumps(value)
+
+    def describe(self) -> str:
+        """``--learning_rate=5.0 (config.json: 0.3)``."""
+        return f"{self.flag}={self._shown(self.now)} (config.json: {self._shown(self.saved)})"
+
+
+def setting_changes(saved: Mapping[str, object], now: Mapping[str, object]) -> list[Change]:
+    """Every field of the configuration sections whose value in ``now`` (a run's
+    ``config.json`` payload: ``RunConfig.to_json()`` with the model the run builds) differs from
+    ``saved`` (the ``config.json`` of the run in the model_dir). A field that ``saved`` lacks
+    (written by an older tf-simclr) counts as its default; values are compared as JSON."""
+    changes = []
+    for kind, section in SECTIONS.items():
+        saved_section = saved.get(section) or {}
+        for field in dataclasses.fields(kind):
+            before = _as_json(saved_section.get(field.name, field.default))
+            after = _as_json(now[section][field.name])
+            if before != after:
+                changes.append(Change(f"{section}.{field.name}", before, after))
+    return changes
+
+
+def _as_json(value: object) -> object:
+    """``value`` as config.json holds it (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,22 +15,42 @@ same from Python::
     result = tf_simclr.train(config)  # == runs/p/result.json
 
 :func:`train` starts the strategy, checks the sources, the data and the batch split, locks the
-model_dir (training only: an evaluation may follow a training run), then runs ``config.train.mode``
-and returns what it recorded in ``result.json``. A run that already did everything its mode asks
-for returns its recorded result without training, and changes nothing. :func:`plan` does
-everything :func:`train` does before the lock, writes nothing, and says what the run would be
-(``tf-simclr --print_config``).
+model_dir (training only: an evaluation may follow a training run), checks what the model_dir
+holds, then runs ``config.train.mode`` and returns what it recorded in ``result.json``.
+
+A run is one run. When the model_dir has a checkpoint to resume and a ``config.json``, the
+command must ask for the same run: a changed setting of the run's identity
+(:data:`tf_simclr.command_line.RUN_IDENTITY`: data, batch, image size and augmentation,
+optimizer, learning rate and schedule, weight decay, loss, memory, precision, phase, starting
+weights and teacher) is refused unless ``config.train.allow_config_change`` names it, the
+architecture never changes, and the run may be lengthened but not shortened (unless
+``train_steps`` is allowed to change). Operational settings (mode, strategy, cadences, eval and
+kNN monitor settings, export ...) are free. Each training command appends a segment to
+``config.json`` (the step it started at and what it changed); a permitted change is logged. The
+checkpoint must also hold the variables of the model ``config.json`` describes.
+
+A run that already did everything its mode asks for returns its recorded result without
+training, and changes nothing, except that a hub module an export cut short left out is
+exported again (the train section of ``result.json`` is written before the export).
+:func:`plan` does everything :func:`train` does before the lock and the checks of the
+model_dir's checkpoints (``tf-simclr --print_config``); it writes nothing and says what the
+run would be.
 
 Exceptions of :func:`train`:
 
 - :class:`InvalidConfigError` (a ``ValueError``): the configuration cannot run here (a setting
   of another phase, a missing source or data folder, a batch that does not split over the
-  replicas, fine-tuning on unlabeled images ...); raised before anything is written. A
-  ``RunConfig`` that is invalid in itself raises ``ValueError`` when it is constructed.
+  replicas, fine-tuning on unlabeled images, a resume that would change the run, a
+  ``config.json`` that cannot be read or does not match the checkpoints ...); raised before
+  anything is written, naming the setting (flag and both values) or the file. A ``RunConfig``
+  that is invalid in itself raises ``ValueError`` when it is constructed.
 - :class:`~tf_simclr.model_dir.ModelDirInUseError`: another run holds the model_dir; nothing
   was changed.
 - :class:`~tf_simclr.training.loop.NonFiniteLossError`: the loss became NaN or Inf; the run
   stopped and its last good checkpoint is as it was.
+- :class:`~tf_simclr.training.loop.TrainingInterruptedError`: a signal stopped training after
+  a checkpoint; ``result.json``'s train section records ``interrupted_by``, ``step`` and
+  ``checkpoint``, and the same call resumes from it.
 
 ``KeyboardInterrupt`` passes through (the next call resumes from the newest checkpoint), and so
 does an ``OSError`` of a full disk (:func:`tf_simclr.model_dir.is_disk_full` recognises it).
@@ -93,8 +113,9 @@ def train(config: RunConfig) -> dict:
     result, the dictionary recorded in ``MODEL_DIR/result.json``: ``train_mode``, and a
     ``train`` section (the last logged scalars and ``global_step``) and an ``eval`` section
     (top-1 / top-5, kNN for pretraining, ``num_examples``, ``global_step``) as the mode asks.
-    A training run also writes ``config.json`` and ``flags.json`` (:func:`flags_of`); see the
-    module docstring for the exceptions."""
+    A training run also writes ``config.json`` (with its segments) and ``flags.json``
+    (:func:`flags_of`); see the module docstring for what a resume may change and for the
+    exceptions."""
     strategy = _start(config)
     model_dir = config.train.model_dir
     lock = ModelDirLock(model_dir)
@@ -108,14 +129,27 @@ def train(config: RunConfig) -> dict:
         os.makedirs(model_dir, exist_ok=True)
         if trains:
             lock.acquire()
+        _check_model_dir(runner)
         recorded = runner.recorded_result()
         if recorded is not None:
+            missing = runner.missing_export()
+            if missing is None:
+                logger.warning(
+                    "%s has already finished (step %d); nothing was changed. Its recorded "
+                    "results (result.json) are returned.",
+                    model_dir,
+                    runner.total_steps,
+                )
+                return recorded
             logger.warning(
-                "%s has already finished (step %d); nothing was changed. Its recorded results "
-                "(result.json) are returned.",
+                "%s has already finished (step %d), but its hub module %s is missing (an "
+                "export cut short): exporting it again; nothing is trained. Its recorded "
+                "results (result.json) are returned.",
                 model_dir,
                 runner.total_steps,
+                missing,
             )
+            runner.export_finished()
             return recorded
         if trains:  # an evaluation leaves the flags of the run it evaluates
             write_json_atomically(os.path.join(model_dir, FLAGS_FILENAME), flags_of(config))
@@ -186,5 +220,15 @@ def _runner(config: RunConfig, strategy: tf.distribute.Strategy) -> PhaseRunner:
     and the step count, and writes nothing."""
     try:
         return PhaseRunner(config, strategy)
+    except (ValueError, FileNotFoundError) as error:
+        raise InvalidConfigError(str(error)) from error
+
+
+def _check_model_dir(runner: PhaseRunner) -> None:
+    """What the model_dir holds against the command (:meth:`PhaseRunner.check_model_dir`):
+    a resume that would change the run, a config.json that cannot be read or does not match
+    the checkpoints."""
+    try:
+        runner.check_model_dir()
     except (ValueError, FileNotFoundError) as error:
         raise InvalidConfigError(str(error)) from error

@@ -45,9 +45,12 @@ def memory_network_config(online: SimCLRModel):
 class NegativeMemory(tf.Module):
     """The memory network and its queue of ``memory_size`` projections.
 
-    Build it under the training strategy's scope after the online model is built; the memory
-    network starts as a copy of the online network. ``global_batch_size`` rows are written per
-    step, so ``memory_size`` must be a multiple of it.
+    Build it under the training strategy's scope after the online model holds the weights
+    training starts from; the memory network starts as a copy of them, its moving average's
+    natural start. (The runner restores a resumed run's weights first, so a memory that a resume
+    adds starts from the trained network, not from random weights; a checkpoint that has a
+    memory overwrites the copy when the loop restores it.) ``global_batch_size`` rows are
+    written per step, so ``memory_size`` must be a multiple of it.
     """
 
     def __init__(
