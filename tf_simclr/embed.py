@@ -11,8 +11,9 @@ and writes one row per image of the chosen endpoint (flattened when it is a feat
 
 Everything that can be checked without running the model is checked before anything is written
 (:func:`plan`): the output directory, the checkpoint, the endpoint, the image size, the source.
-Unreadable files of a ``folder:`` source are skipped and counted (``skipped`` in ``embed.json``
-and the log), as in training.
+Files of a ``folder:`` source that cannot be read, whose header announces more than
+``max_image_megapixels`` or whose names are not UTF-8 are skipped and counted (``skipped`` in
+``embed.json`` and the log), as in training.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class EmbedConfig:
         32, "Side of the projector's thumbnails (at most the image size; less for big sprites)."
     )
     log_every_seconds: float = setting(10.0, "Seconds between progress lines (0: every batch).")
+    max_image_megapixels: float = setting(
+        50.0, "Skip (and count) images whose header announces more megapixels."
+    )
 
     def __post_init__(self) -> None:
         for name in ("checkpoint", "dataset", "output_dir"):
@@ -90,6 +94,10 @@ class EmbedConfig:
             (
                 self.log_every_seconds >= 0,
                 f"log_every_seconds={self.log_every_seconds} must be >= 0.",
+            ),
+            (
+                self.max_image_megapixels > 0,
+                f"max_image_megapixels={self.max_image_megapixels} must be > 0.",
             ),
         )
         for condition, message in checks:
@@ -192,7 +200,7 @@ class Plan:
 def plan(config: EmbedConfig) -> Plan:
     """Check everything that can be checked before the model runs, writing nothing: the output
     directory, the checkpoint, the endpoint, the image size and the source (a folder is
-    indexed: its unreadable files are found and counted here). Raises ``ValueError``,
+    indexed: the files it skips are found and counted here). Raises ``ValueError``,
     ``FileNotFoundError`` or ``FileExistsError`` with a message saying what to change."""
     from tf_simclr.data import open_source, validate_dataset_name
 
@@ -211,7 +219,12 @@ def plan(config: EmbedConfig) -> Plan:
             "records it); pass --image_size, the side the model was trained at (e.g. 28 for the "
             "released Fashion-MNIST encoder)."
         )
-    source = open_source(config.dataset, config.split, config.data_dir)
+    source = open_source(
+        config.dataset,
+        config.split,
+        config.data_dir,
+        max_image_megapixels=config.max_image_megapixels,
+    )
     return Plan(config, model, image_size, source)
 
 
@@ -342,7 +355,7 @@ def embed(config: EmbedConfig, clock: Callable[[], float] = time.monotonic) -> E
     info = checked.info
     if info.skipped:
         logger.warning(
-            "%s split %s: %d unreadable file(s) skipped (named above); %d images to embed",
+            "%s split %s: %d file(s) skipped (named above); %d images to embed",
             config.dataset,
             config.split,
             info.skipped,
@@ -389,7 +402,7 @@ def embed(config: EmbedConfig, clock: Callable[[], float] = time.monotonic) -> E
         files.discard()
         raise
     logger.info(
-        "wrote %d rows of %d values to %s (%.0f images/s, %d unreadable file(s) skipped)",
+        "wrote %d rows of %d values to %s (%.0f images/s, %d file(s) skipped)",
         result.num_images,
         result.width,
         config.output_dir,

@@ -5,7 +5,7 @@ as every tf-simclr binary does (a model_dir, a checkpoint prefix, an exported TF
 checkpoint of the reference implementation) and the images of any ``--dataset`` source, labeled
 or not, and writes to ``--output_dir``: ``embeddings.npy`` (one float32 row per image, in the
 source's order: sorted paths for a folder, index order for Fashion-MNIST), ``metadata.tsv``
-(row, key, label), ``embed.json`` (counts, unreadable files skipped, images per second) and the
+(row, key, label), ``embed.json`` (counts, files skipped, images per second) and the
 files of TensorBoard's embedding projector, with a sprite of thumbnails::
 
     tf-simclr-embed --checkpoint=runs/photos/pretrain --dataset=folder:photos \\
