@@ -353,6 +353,7 @@ def test_the_plan_skips_huge_images_and_names_not_in_utf8(run_dir, tmp_path, cap
 EMBED_FLAGS = {
     "checkpoint", "endpoint", "image_size", "dataset", "split", "data_dir", "batch_size",
     "output_dir", "overwrite", "projector_max_images", "thumbnail_size", "log_every_seconds",
+    "max_image_megapixels",
 }  # fmt: skip
 # The console script as pip installs it: its __main__ is not tf_simclr.embed_main.
 AS_CONSOLE_SCRIPT = """
