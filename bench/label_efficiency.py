@@ -1,8 +1,8 @@
-"""Label-efficiency study on Fashion-MNIST: SimCLRv2's claims (Chen et al. 2020, sections 1, 2
-and 4; Figure 1, Tables 2-3) checked at the scale of a 2-core CPU.
+"""Label-efficiency study on Fashion-MNIST: SimCLRv2's claims (Chen et al. 2020, sections 1-4;
+Figure 1, Tables 2-3) checked at the scale of a 2-core CPU, at several encoder sizes.
 
-All rows use the recipes' network (ResNet-18 at width 0.25, CIFAR stem, 28 px) and the 10,000
-test images:
+The recipes' network is ResNet-18 at width 0.25 (CIFAR stem, 28 px); every row is scored on the
+10,000 test images:
 
 - **reference rows** (in process, same protocols as the encoder's): raw pixels (784 values) and
   a randomly initialised encoder, scored by the weighted kNN monitor (bank: 10,000 training
@@ -21,17 +21,38 @@ test images:
   a same-size student initialised from the encoder and a smaller one (width 0.125) from
   scratch, each for every seed (the student's seed and label subset; the teacher stays).
 
-The study spans sessions: every finished run writes ``<record_dir>/<name>.json`` and the
-teachers' hub modules go to ``<record_dir>/modules/<teacher run>/``; both are meant to be
-committed, and a recorded run is skipped unless its inputs changed: its expanded flags (the
-flagfiles' contents, not their names), the encoder, and for a student its teacher's inputs.
-Scratch model_dirs go to ``run_dir``; an interrupted run resumes from its own checkpoints. At
-the end: ``results.json``, a Markdown table with every target marked met or missed, and a PNG
-plot.
+**The width ladder** (issue 26, SimCLRv2 section 3: bigger self-supervised models gain more from
+few labels). Every width of ``widths`` (default 0.125, 0.25, 0.5) has its encoder: at width 0.25
+the released one, never retrained; at the others a pretraining of
+``flags/fashion_mnist/pretrain.flags`` for ``pretrain_epochs`` (the release's flags, with
+``--width_multiplier``) in the stable model_dir ``<run_dir>/pretrain_width<w>``, which a rerun
+resumes. Once it is recorded, its width gets the probes, the fine-tuning sweeps at 1% and 10%
+and their seeds, and supervised training on the same 1% subsets at that width, all under the
+same budget rule (the supervised 10% and 100% baselines stay at width 0.25). **Big-to-small
+distillation** (SimCLRv2 section 2.3, Table 3): the seed-0 fine-tune of ``teacher_width`` (0.5)
+at its sweep's best budget teaches, for every seed, a student of each width of ``big_students``
+(0.25; 0.125 optional) initialised from that width's encoder, exactly like the self-distilled
+student, so that the comparison with it changes the teacher only.
+``bench/label_efficiency_size.py`` reports the ladder: top-1 against encoder parameters, the
+gain over supervised by width, the pretraining kNN curves and the issue's targets.
+
+The study spans sessions: every finished run writes ``<record_dir>/<name>.json``; the modules
+other runs start from (the teachers, the study's pretrained encoders) go to
+``<record_dir>/modules/<run>/``; both are meant to be committed. A recorded run is skipped
+unless its inputs changed: its width, its expanded flags (the flagfiles' contents, not their
+names), the encoder, and for a student its teacher's inputs. Runs at width 0.25 keep their
+names (``finetune_1pct_x1_seed0``); the others carry their width
+(``finetune_width0.5_1pct_x1_seed0``, ``pretrain_width0.5``; ``big_to_small_1pct_seed0`` is the
+width-0.25 student of the big teacher). Scratch model_dirs go to ``run_dir``, one per run name:
+an interrupted run resumes from its own checkpoints, and one left there by other inputs is moved
+aside. At the end: ``results.json``, Markdown tables with every target marked met, missed or
+pending, and PNG plots.
 
     .venv/bin/python bench/label_efficiency.py                     # the whole study, resumable
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
     .venv/bin/python bench/label_efficiency.py --only="self_distill_10pct_*"  # some pending runs
+    .venv/bin/python bench/label_efficiency.py --only="pretrain_width*"       # the encoders first
+    .venv/bin/python bench/label_efficiency.py --widths=0.25 --report_only    # one width's rows
 """
 
 from __future__ import annotations
@@ -42,10 +63,12 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import time
 
+import label_efficiency_size as size
 import numpy as np
 from child_run import run_tf_simclr
 
@@ -60,7 +83,10 @@ SEMI_SUPERVISED = (0.01, 0.1)
 SUPERVISED_BASE_EPOCHS = {0.01: 100, 0.1: 25, 1.0: 25}
 FINETUNE_EPOCHS = {0.01: 60, 0.1: 20}
 SWEPT_METHODS = {"supervised": SUPERVISED_BASE_EPOCHS, "finetune": FINETUNE_EPOCHS}
-STUDENT_WIDTH = 0.125
+BASE_WIDTH = 0.25  # the recipes' width (flags/fashion_mnist/common.flags), the released encoder's
+WIDTHS = (0.125, 0.25, 0.5)  # the ladder of issue 26
+TEACHER_WIDTH = 0.5  # the big teacher of big-to-small distillation
+STUDENT_WIDTH = 0.125  # the small student of the width-0.25 teacher (distill_small)
 PROBE_ENCODERS = ("pixels", "random", "simclr")
 METHODS = {
     "supervised": "supervised only (best budget of the sweep)",
@@ -68,18 +94,26 @@ METHODS = {
     "self_distill": "SimCLRv2 self-distilled (same size, labels mixed in)",
     "distill_small": f"SimCLRv2 distilled into width {STUDENT_WIDTH} (labels mixed in)",
 }
+# The width of the network each row of the width-0.25 table trains.
+METHOD_WIDTHS = {"supervised": BASE_WIDTH, "finetune": BASE_WIDTH, "self_distill": BASE_WIDTH}
+METHOD_WIDTHS["distill_small"] = STUDENT_WIDTH
+BIG_TO_SMALL = "big_to_small"
 PROBE_LABELS = {
     "pixels": "raw pixels",
     "random": "randomly initialised encoder",
     "simclr": "SimCLRv2 encoder",
 }
+RUN_MARKER = "study_run.json"  # in a run's model_dir: the inputs it runs and its wall time so far
 
 
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
-    """What to run. ``encoder``: a hub module or model_dir to evaluate and fine-tune from
-    ("" pretrains one in the study for ``pretrain_epochs``); ``only``: run just the pending runs
-    whose names match (the others stay pending)."""
+    """What to run. ``encoder``: the width-0.25 encoder, a hub module or model_dir to evaluate
+    and fine-tune from ("" pretrains one in the study for ``pretrain_epochs``, as the other
+    widths always are); ``widths``: the encoder widths whose runs are planned;
+    ``teacher_width``: the big teacher of big-to-small distillation, whose students are
+    ``big_students`` wide; ``only``: run just the pending runs whose names match (the others
+    stay pending)."""
 
     run_dir: str
     record_dir: str = RECORD_DIR
@@ -93,21 +127,45 @@ class StudySettings:
     distill_alpha: float = 0.5
     extra_flags: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
+    widths: tuple[float, ...] = WIDTHS
+    teacher_width: float = TEACHER_WIDTH
+    big_students: tuple[float, ...] = (BASE_WIDTH,)
+
+    def __post_init__(self) -> None:
+        if any(student >= self.teacher_width for student in self.big_students):
+            raise ValueError(
+                f"big-to-small students {self.big_students} must be narrower than the teacher "
+                f"(width {self.teacher_width:g}): pass smaller --big_students."
+            )
 
     def selects(self, name: str) -> bool:
         """Whether a pending run is run now: every run, or those matching a pattern of ``only``
         (shell-style, e.g. ``self_distill_10pct_*``)."""
         return not self.only or any(fnmatch.fnmatchcase(name, p) for p in self.only)
 
+    def pretrained_here(self, width: float) -> bool:
+        """Whether the study pretrains the encoder of ``width`` (every width but the released
+        one's)."""
+        return width != BASE_WIDTH or not self.encoder
+
+    def encoder_for(self, width: float) -> str:
+        """The encoder of ``width``: the given module at width 0.25, else the study's
+        pretraining's module, installed in the record folder once it is recorded."""
+        if not self.pretrained_here(width):
+            return self.encoder
+        return module_path(self, pretrain_name(width))
+
     @property
     def encoder_source(self) -> str:
-        return self.encoder or os.path.join(self.run_dir, "pretrain")
+        return self.encoder_for(BASE_WIDTH)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One step of the study: a ``tf-simclr`` process, or (``method == "probe"``) an in-process
-    evaluation of fixed features."""
+    evaluation of fixed features. ``width``: the width of the network it trains (or probes);
+    ``encoder_width``: the width of the SimCLRv2 encoder its result depends on (it starts from
+    it, or its teacher does), 0 for none."""
 
     name: str
     method: str
@@ -116,20 +174,66 @@ class Run:
     flags: tuple[str, ...]
     multiplier: float = 0.0
     teacher: str = ""
+    width: float = BASE_WIDTH
+    encoder_width: float = 0.0
 
 
 def percent(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
 
-def sweep_run_name(method: str, fraction: float, multiplier: float, seed: int) -> str:
-    return f"{method}_{percent(fraction)}_x{multiplier:g}_seed{seed}"
+def width_tag(width: float) -> str:
+    """What a run name carries of its width: nothing at width 0.25 (the study's first records
+    keep their names), ``_width<w>`` otherwise."""
+    return "" if width == BASE_WIDTH else f"_width{width:g}"
+
+
+def run_name(
+    method: str, fraction: float, seed: int, width: float = BASE_WIDTH, multiplier: float = 0.0
+) -> str:
+    """``<method>[_width<w>]_<fraction>pct[_x<multiplier>]_seed<seed>``; a multiplier names a
+    run of the first seed's budget sweep."""
+    budget = f"_x{multiplier:g}" if multiplier else ""
+    return f"{method}{width_tag(width)}_{percent(fraction)}{budget}_seed{seed}"
+
+
+def pretrain_name(width: float) -> str:
+    return f"pretrain{width_tag(width)}"
+
+
+def probe_name(encoder: str, width: float = BASE_WIDTH) -> str:
+    return f"probe_{encoder}{width_tag(width)}"
+
+
+def width_flags(width: float) -> tuple[str, ...]:
+    """The flag that sets a width other than the recipes' (none at width 0.25, so that the
+    first records' flags, and so their keys, stay as they were)."""
+    return () if width == BASE_WIDTH else (f"--width_multiplier={width:g}",)
+
+
+def record_width(record: dict) -> float:
+    """The width of the network a record's run trained; records written before the ladder
+    carry none: the small student's is 0.125, the others' 0.25."""
+    default = STUDENT_WIDTH if record["method"] == "distill_small" else BASE_WIDTH
+    return float(record.get("width", default))
+
+
+def module_path(settings: StudySettings, name: str) -> str:
+    """Where the hub module of the run ``name`` is installed for the runs that start from it."""
+    return os.path.join(settings.record_dir, "modules", name)
 
 
 def budget_run(
-    settings: StudySettings, method: str, fraction: float, seed: int, multiplier: float, name: str
+    settings: StudySettings,
+    method: str,
+    fraction: float,
+    seed: int,
+    multiplier: float,
+    name: str,
+    width: float = BASE_WIDTH,
 ) -> Run:
-    """A supervised or fine-tuning run of ``multiplier`` x its method's base schedule."""
+    """A supervised or fine-tuning run at ``width`` of ``multiplier`` x its method's base
+    schedule."""
     epochs = SWEPT_METHODS[method][fraction] * multiplier
     if method == "supervised":
         flags = (
@@ -137,31 +241,39 @@ def budget_run(
             f"--seed={seed}",
             f"--train_epochs={epochs:g}",
             f"--checkpoint_epochs={epochs / 4:g}",
+            *width_flags(width),
         )
-    else:
-        flags = (
-            f"--flagfile=flags/fashion_mnist/finetune_{percent(fraction)}.flags",
-            f"--checkpoint={settings.encoder_source}",
-            f"--seed={seed}",
-            f"--train_epochs={epochs:g}",
-            f"--checkpoint_epochs={epochs:g}",
-        )
-    return Run(name, method, fraction, seed, flags, multiplier)
+        return Run(name, method, fraction, seed, flags, multiplier, width=width)
+    flags = (
+        f"--flagfile=flags/fashion_mnist/finetune_{percent(fraction)}.flags",
+        f"--checkpoint={settings.encoder_for(width)}",
+        f"--seed={seed}",
+        f"--train_epochs={epochs:g}",
+        f"--checkpoint_epochs={epochs:g}",
+        *width_flags(width),
+    )
+    return Run(name, method, fraction, seed, flags, multiplier, width=width, encoder_width=width)
 
 
 def fraction_sweep(
-    settings: StudySettings, records: dict[str, dict], fraction: float, method: str = "supervised"
+    settings: StudySettings,
+    records: dict[str, dict],
+    fraction: float,
+    method: str = "supervised",
+    width: float = BASE_WIDTH,
 ) -> list[Run]:
-    """The budget sweep of ``method`` on one fraction and the first seed: ``budget_multipliers``,
-    extended by doubling while the largest budget beats every shorter one by at least
-    ``min_budget_gain`` (a run still improving at its largest budget is not converged; one that
-    gains less than a tenth of a point, ten test images, has reached its plateau), up to
-    ``max_budget_multiplier``."""
+    """The budget sweep of ``method`` at ``width`` on one fraction and the first seed:
+    ``budget_multipliers``, extended by doubling while the largest budget beats every shorter
+    one by at least ``min_budget_gain`` (a run still improving at its largest budget is not
+    converged; one that gains less than a tenth of a point, ten test images, has reached its
+    plateau), up to ``max_budget_multiplier``."""
     seed = settings.seeds[0]
     multipliers = list(settings.budget_multipliers)
     while True:
-        names = {m: sweep_run_name(method, fraction, m, seed) for m in multipliers}
-        runs = [budget_run(settings, method, fraction, seed, m, names[m]) for m in multipliers]
+        names = {m: run_name(method, fraction, seed, width, m) for m in multipliers}
+        runs = [
+            budget_run(settings, method, fraction, seed, m, names[m], width) for m in multipliers
+        ]
         recorded = [records.get(run.name) for run in runs]
         longest = multipliers[-1]
         if None in recorded or longest * 2 > settings.max_budget_multiplier:
@@ -173,26 +285,35 @@ def fraction_sweep(
 
 
 def best_multiplier(
-    records: dict[str, dict], settings: StudySettings, fraction: float, method: str = "supervised"
+    records: dict[str, dict],
+    settings: StudySettings,
+    fraction: float,
+    method: str = "supervised",
+    width: float = BASE_WIDTH,
 ):
-    """The sweep's best budget for ``method`` on ``fraction`` (ties go to the smaller budget), or
-    None while a run of that sweep is missing."""
-    sweep = [records.get(run.name) for run in fraction_sweep(settings, records, fraction, method)]
-    if None in sweep:
+    """The sweep's best budget for ``method`` at ``width`` on ``fraction`` (ties go to the
+    smaller budget), or None while a run of that sweep is missing."""
+    sweep = fraction_sweep(settings, records, fraction, method, width)
+    recorded = [records.get(run.name) for run in sweep]
+    if None in recorded:
         return None
-    return best_of_sweep(sweep)["multiplier"]
+    return best_of_sweep(recorded)["multiplier"]
 
 
 def swept_runs(
-    settings: StudySettings, records: dict[str, dict], method: str, fraction: float
+    settings: StudySettings,
+    records: dict[str, dict],
+    method: str,
+    fraction: float,
+    width: float = BASE_WIDTH,
 ) -> list[Run]:
     """The sweep, then (once it has finished) the other seeds at its best budget."""
-    runs = fraction_sweep(settings, records, fraction, method)
-    multiplier = best_multiplier(records, settings, fraction, method)
+    runs = fraction_sweep(settings, records, fraction, method, width)
+    multiplier = best_multiplier(records, settings, fraction, method, width)
     if multiplier is not None:
         for seed in settings.seeds[1:]:
-            name = f"{method}_{percent(fraction)}_seed{seed}"
-            runs.append(budget_run(settings, method, fraction, seed, multiplier, name))
+            name = run_name(method, fraction, seed, width)
+            runs.append(budget_run(settings, method, fraction, seed, multiplier, name, width))
     return runs
 
 
@@ -202,87 +323,169 @@ def best_of_sweep(sweep: list[dict]) -> dict:
     return max(sweep, key=lambda record: (record["top_1"], -record["multiplier"]))
 
 
-def teacher_name(settings: StudySettings, records: dict[str, dict], fraction: float) -> str | None:
-    """The distillation teacher of ``fraction``: the first seed's fine-tune at the best budget of
-    its sweep, or None while that sweep runs."""
-    multiplier = best_multiplier(records, settings, fraction, "finetune")
+def teacher_name(
+    settings: StudySettings, records: dict[str, dict], fraction: float, width: float = BASE_WIDTH
+) -> str | None:
+    """The distillation teacher of ``fraction`` at ``width``: the first seed's fine-tune at the
+    best budget of its sweep, or None while that sweep runs."""
+    multiplier = best_multiplier(records, settings, fraction, "finetune", width)
     if multiplier is None:
         return None
-    return sweep_run_name("finetune", fraction, multiplier, settings.seeds[0])
+    return run_name("finetune", fraction, settings.seeds[0], width, multiplier)
 
 
-def teacher_module(settings: StudySettings, name: str) -> str:
-    return os.path.join(settings.record_dir, "modules", name)
+def teacher_widths(settings: StudySettings) -> list[float]:
+    """The widths whose fine-tunes teach: 0.25 (self-distillation and the small student) and
+    the big teacher's, when they are in the ladder."""
+    return [w for w in settings.widths if w in (BASE_WIDTH, settings.teacher_width)]
+
+
+def distill_flags(
+    settings: StudySettings, teacher: str, fraction: float, seed: int
+) -> tuple[str, ...]:
+    """Distillation from the module of ``teacher`` on the 60,000 training images, the labels of
+    the seed's subset mixed in (SimCLRv2 eq. 4 with ``distill_alpha``)."""
+    return (
+        "--flagfile=flags/fashion_mnist/distill.flags",
+        f"--teacher={module_path(settings, teacher)}",
+        f"--label_fraction={fraction:g}",
+        f"--seed={seed}",
+        f"--distill_alpha={settings.distill_alpha:g}",
+        f"--train_epochs={settings.distill_epochs:g}",
+        f"--checkpoint_epochs={settings.distill_epochs / 5:g}",
+    )
 
 
 def distill_runs(
     settings: StudySettings, records: dict[str, dict], seeds: tuple[int, ...]
 ) -> list[Run]:
-    """The same-size and the small student of each fraction for ``seeds``, once the fraction's
-    teacher is known."""
+    """The same-size and the small student of each fraction's width-0.25 teacher for
+    ``seeds``, once the teacher is known."""
     runs = []
     for fraction in SEMI_SUPERVISED:
         teacher = teacher_name(settings, records, fraction)
         if teacher is None:
             continue
         for seed in seeds:
-            distill = (
-                "--flagfile=flags/fashion_mnist/distill.flags",
-                f"--teacher={teacher_module(settings, teacher)}",
-                f"--label_fraction={fraction:g}",
-                f"--seed={seed}",
-                f"--distill_alpha={settings.distill_alpha:g}",
-                f"--train_epochs={settings.distill_epochs:g}",
-                f"--checkpoint_epochs={settings.distill_epochs / 5:g}",
-            )
-            students = {
-                "self_distill": f"--checkpoint={settings.encoder_source}",
-                "distill_small": f"--width_multiplier={STUDENT_WIDTH:g}",
-            }
-            for method, student in students.items():
-                name = f"{method}_{percent(fraction)}_seed{seed}"
-                runs.append(Run(name, method, fraction, seed, (*distill, student), 0.0, teacher))
+            distill = distill_flags(settings, teacher, fraction, seed)
+            self_distill = f"--checkpoint={settings.encoder_source}"
+            small = f"--width_multiplier={STUDENT_WIDTH:g}"
+            for method, student, width in (
+                ("self_distill", self_distill, BASE_WIDTH),
+                ("distill_small", small, STUDENT_WIDTH),
+            ):
+                # Named without a width: the small student's name says it.
+                name = run_name(method, fraction, seed)
+                runs.append(
+                    Run(
+                        name,
+                        method,
+                        fraction,
+                        seed,
+                        (*distill, student),
+                        teacher=teacher,
+                        width=width,
+                        encoder_width=BASE_WIDTH,
+                    )
+                )
     return runs
+
+
+def big_to_small_runs(
+    settings: StudySettings, records: dict[str, dict], ready: list[float]
+) -> list[Run]:
+    """Big-to-small distillation (SimCLRv2 section 2.3, Table 3): each fraction's
+    ``teacher_width`` fine-tune teaches a student of every width of ``big_students``, for every
+    seed, once the teacher is known and the student's encoder is ``ready``. The student starts
+    from its width's encoder, like the self-distilled student: only the teacher differs."""
+    runs = []
+    if settings.teacher_width not in settings.widths:
+        return runs
+    for fraction in SEMI_SUPERVISED:
+        teacher = teacher_name(settings, records, fraction, settings.teacher_width)
+        if teacher is None:
+            continue
+        for student in settings.big_students:
+            if student not in ready:
+                continue
+            for seed in settings.seeds:
+                flags = (
+                    *distill_flags(settings, teacher, fraction, seed),
+                    f"--checkpoint={settings.encoder_for(student)}",
+                    *width_flags(student),
+                )
+                name = run_name(BIG_TO_SMALL, fraction, seed, student)
+                runs.append(
+                    Run(
+                        name,
+                        BIG_TO_SMALL,
+                        fraction,
+                        seed,
+                        flags,
+                        teacher=teacher,
+                        width=student,
+                        encoder_width=student,
+                    )
+                )
+    return runs
+
+
+def pretrain_run(settings: StudySettings, width: float) -> Run:
+    """The study's pretraining of the encoder of ``width``: the recipe for ``pretrain_epochs``
+    (at 60 epochs and width 0.25, the released encoder's flags)."""
+    flags = (
+        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        f"--train_epochs={settings.pretrain_epochs:g}",
+        *width_flags(width),
+    )
+    return Run(pretrain_name(width), "pretrain", 1.0, 0, flags, width=width)
+
+
+def encoder_ready(settings: StudySettings, records: dict[str, dict], width: float) -> bool:
+    """Whether the encoder of ``width`` exists: given, or its pretraining is recorded."""
+    return not settings.pretrained_here(width) or pretrain_name(width) in records
 
 
 def plan(settings: StudySettings, records: dict[str, dict]) -> list[Run]:
-    """Every run known so far, in an order that satisfies dependencies; the runs of the later
-    seeds appear once their fraction's sweep is recorded, the students once their teacher is."""
-    runs = []
-    if not settings.encoder:
-        runs.append(
-            Run(
-                "pretrain",
-                "pretrain",
-                1.0,
-                0,
-                (
-                    "--flagfile=flags/fashion_mnist/pretrain.flags",
-                    f"--train_epochs={settings.pretrain_epochs:g}",
-                ),
-            )
-        )
-    runs += [Run(f"probe_{encoder}", "probe", 1.0, 0, ()) for encoder in PROBE_ENCODERS]
-    for fraction in FINETUNE_EPOCHS:
-        runs += swept_runs(settings, records, "finetune", fraction)
-    runs += distill_runs(settings, records, settings.seeds[:1])
-    for fraction in SEMI_SUPERVISED:
-        runs += swept_runs(settings, records, "supervised", fraction)
-    runs += distill_runs(settings, records, settings.seeds[1:])
-    runs += swept_runs(settings, records, "supervised", 1.0)  # the costliest runs last
+    """Every run known so far, in an order that satisfies dependencies: the pretrainings first;
+    a width's runs from its encoder once the encoder is recorded; the runs of the later seeds
+    once their sweep is recorded, the students once their teacher is; the costly 100% sweep
+    last."""
+    widths = sorted(settings.widths)
+    ready = [width for width in widths if encoder_ready(settings, records, width)]
+    others = [width for width in widths if width != BASE_WIDTH]
+    base = BASE_WIDTH in widths
+    runs = [pretrain_run(settings, width) for width in widths if settings.pretrained_here(width)]
+    if base:
+        runs += [Run(probe_name(encoder), "probe", 1.0, 0, ()) for encoder in ("pixels", "random")]
+    runs += [
+        Run(probe_name("simclr", w), "probe", 1.0, 0, (), width=w, encoder_width=w) for w in ready
+    ]
+    if base:
+        if BASE_WIDTH in ready:
+            for fraction in FINETUNE_EPOCHS:
+                runs += swept_runs(settings, records, "finetune", fraction)
+        runs += distill_runs(settings, records, settings.seeds[:1])
+        for fraction in SEMI_SUPERVISED:
+            runs += swept_runs(settings, records, "supervised", fraction)
+        runs += distill_runs(settings, records, settings.seeds[1:])
+    for width in others:
+        if width in ready:
+            for fraction in FINETUNE_EPOCHS:
+                runs += swept_runs(settings, records, "finetune", fraction, width)
+        runs += swept_runs(settings, records, "supervised", 0.01, width)
+    runs += big_to_small_runs(settings, records, ready)
+    if base:
+        runs += swept_runs(settings, records, "supervised", 1.0)  # the costliest runs last
     return runs
 
 
-ENCODER_DEPENDENT = ("finetune", "self_distill", "distill_small")
-
-
 def encoder_fingerprint(settings: StudySettings) -> str:
-    """What identifies the encoder: the bytes of a given module's variables, or the flags of
-    the study's own pretraining run."""
-    digest = hashlib.sha256()
+    """What identifies the given encoder: the bytes of its module's variables ("" when the
+    study pretrains every encoder; those are identified by their pretraining's key)."""
     if not settings.encoder:
-        digest.update(json.dumps([settings.pretrain_epochs, settings.extra_flags]).encode())
-        return digest.hexdigest()[:16]
+        return ""
+    digest = hashlib.sha256()
     variables = os.path.join(settings.encoder, "variables")
     folder = variables if os.path.isdir(variables) else settings.encoder
     for root, _, files in sorted(os.walk(folder)):
@@ -299,39 +502,103 @@ def expanded_flags(flags: tuple[str, ...]) -> list[str]:
 
 
 def portable(flags: list[str], settings: StudySettings) -> list[str]:
-    """``flags`` without this machine's paths: the encoder's path becomes ``<encoder>`` (its
-    fingerprint identifies it) and the record folder ``<record_dir>`` (a teacher's module there
-    is identified by the teacher's key), so a clone in another folder keeps its records."""
-    places = {settings.encoder_source: "<encoder>", settings.record_dir: "<record_dir>"}
+    """``flags`` without this machine's paths: the given encoder's path becomes ``<encoder>``
+    (its fingerprint identifies it) and the record folder ``<record_dir>`` (a module there is
+    identified by the key of the run that made it), so a clone in another folder keeps its
+    records."""
+    places = {settings.encoder: "<encoder>"} if settings.encoder else {}
+    places[settings.record_dir] = "<record_dir>"
     for path, placeholder in places.items():
         flags = [flag.replace(path, placeholder) for flag in flags]
     return flags
 
 
 def inputs_of(run: Run, settings: StudySettings, encoder: str, records: dict[str, dict]) -> str:
-    """A key of everything a run's result depends on: its expanded flags (without machine
-    paths), the flags added to every run, the encoder for the runs that start from it, and a
-    student's teacher's key. A record with another key is stale."""
-    depends = run.method in ENCODER_DEPENDENT or run.name == "probe_simclr"
+    """A key of everything a run's result depends on besides its width (which
+    :func:`is_current` compares): its expanded flags (without machine paths), the flags added
+    to every run, the encoder it depends on (``encoder``, the given one's fingerprint, or the
+    key of the study's pretraining) and a student's teacher's key. A record with another key is
+    stale."""
+    source = ""
+    if run.encoder_width and not settings.pretrained_here(run.encoder_width):
+        source = encoder
+    elif run.encoder_width:
+        source = records.get(pretrain_name(run.encoder_width), {}).get("inputs", "")
     teacher = records.get(run.teacher, {}).get("inputs", "") if run.teacher else ""
     flags = portable(expanded_flags(run.flags), settings)
-    payload = [flags, settings.extra_flags, encoder if depends else "", teacher]
+    payload = [flags, settings.extra_flags, source, teacher]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
-def execute(run: Run, settings: StudySettings) -> dict:
-    """Run ``run`` (a ``tf-simclr`` process, or a probe in process); its record."""
+def is_current(record: dict | None, run: Run, key: str) -> bool:
+    """Whether ``record`` stands for ``run``: recorded at the run's width with its inputs'
+    key. The width is compared on its own, so a record is never reused at another width."""
+    return record is not None and record_width(record) == run.width and record.get("inputs") == key
+
+
+def exports_module(run: Run, settings: StudySettings) -> bool:
+    """Whether ``run`` exports a hub module: the study's pretrainings (the encoders of their
+    widths) and the runs that may become a teacher (the first seed's fine-tuning sweeps at the
+    teachers' widths); exporting the others costs time for nothing."""
+    if run.method == "pretrain":
+        return True
+    return (
+        run.method == "finetune"
+        and run.seed == settings.seeds[0]
+        and run.multiplier > 0
+        and run.width in teacher_widths(settings)
+    )
+
+
+def prepare_model_dir(settings: StudySettings, name: str, key: str) -> tuple[str, float]:
+    """The model_dir of the run ``name``, ``<run_dir>/<name>``: the same at every invocation, so
+    that ``tf-simclr`` resumes there a run that was cut short. Its marker (``study_run.json``)
+    holds the key of the inputs it runs; a model_dir of other inputs is moved aside to
+    ``<name>.stale-<its key>`` (its run is not this one's, and resuming it would mix the two).
+    Returns the model_dir and the wall time earlier invocations spent in it."""
+    model_dir = os.path.join(settings.run_dir, name)
+    marker = os.path.join(model_dir, RUN_MARKER)
+    if not os.path.exists(marker):
+        return model_dir, 0.0  # a new run (or one from before the markers: resumed as it is)
+    with open(marker, encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    if recorded["inputs"] == key:
+        return model_dir, float(recorded["seconds"])
+    aside = f"{model_dir}.stale-{recorded['inputs']}"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(model_dir, aside)
+    print(f"\n{name}: {model_dir} ran other inputs; moved to {aside}", flush=True)
+    return model_dir, 0.0
+
+
+def write_marker(model_dir: str, key: str, seconds: float) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, RUN_MARKER)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump({"inputs": key, "seconds": seconds}, handle)
+    os.replace(path + ".tmp", path)
+
+
+def execute(run: Run, settings: StudySettings, key: str) -> dict:
+    """Run ``run`` (a ``tf-simclr`` process, or a probe in process) for the inputs ``key``; its
+    record. A run's wall time adds up the invocations that worked on it (a long pretraining may
+    be interrupted and resumed); a pretraining's record keeps its kNN curve."""
     if run.method == "probe":
         started = time.time()
-        record = {**dataclasses.asdict(run), **probe(run.name.removeprefix("probe_"), settings)}
+        encoder = run.name.removeprefix("probe_").removesuffix(width_tag(run.width))
+        record = {**dataclasses.asdict(run), **probe(encoder, settings, run.width)}
         record["seconds"] = time.time() - started
         return record
-    model_dir = os.path.join(settings.run_dir, run.name)
-    # Only the runs that may become a teacher (the first seed's fine-tuning sweep) export their
-    # module; exporting the others costs time for nothing.
-    candidate = run.method == "finetune" and run.seed == settings.seeds[0] and run.multiplier > 0
-    flags = (*run.flags, "--export_hub" if candidate else "--noexport_hub", *settings.extra_flags)
-    seconds, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
+    model_dir, earlier = prepare_model_dir(settings, run.name, key)
+    export = "--export_hub" if exports_module(run, settings) else "--noexport_hub"
+    flags = (*run.flags, export, *settings.extra_flags)
+    write_marker(model_dir, key, earlier)
+    started = time.time()
+    try:
+        _, command = run_tf_simclr(run.name, flags, model_dir, "study.log")
+    finally:
+        seconds = earlier + time.time() - started
+        write_marker(model_dir, key, seconds)
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     evaluation = result["eval"]
@@ -342,30 +609,44 @@ def execute(run: Run, settings: StudySettings) -> dict:
         "images_per_second": result["train"].get("images_per_second"),
         "command": command,
     }
+    if run.method == "pretrain":
+        from release_encoder import knn_curve
+
+        record["knn_curve"] = knn_curve(model_dir)
     print(f"    top-1 {record['top_1']:.4f} in {record['seconds']:.0f} s", flush=True)
     return record
 
 
-def install_teachers(settings: StudySettings, records: dict[str, dict]) -> None:
-    """Copy each known teacher's newest hub module from its model_dir to
-    ``<record_dir>/modules/<teacher>`` (committed with the records, so a fresh machine has it),
-    and drop the modules of that fraction's former teachers."""
+def install_modules(settings: StudySettings, records: dict[str, dict]) -> None:
+    """Copy the newest hub module of each recorded pretraining of the study and of each known
+    teacher from its model_dir to ``<record_dir>/modules/<run>`` (committed with the records,
+    so a fresh machine has them), and drop the modules of a teacher's former sweep winners."""
     modules = os.path.join(settings.record_dir, "modules")
-    for fraction in SEMI_SUPERVISED:
-        name = teacher_name(settings, records, fraction)
-        if name is None:
+    wanted = [
+        pretrain_name(width)
+        for width in settings.widths
+        if settings.pretrained_here(width) and pretrain_name(width) in records
+    ]
+    sweeps = {}
+    for width in teacher_widths(settings):
+        for fraction in SEMI_SUPERVISED:
+            name = teacher_name(settings, records, fraction, width)
+            if name is not None:
+                wanted.append(name)
+                sweeps[name] = f"finetune{width_tag(width)}_{percent(fraction)}_x"
+    for name in wanted:
+        destination = module_path(settings, name)
+        if os.path.isdir(destination):
             continue
-        destination = teacher_module(settings, name)
-        if not os.path.isdir(destination):
-            hub_dir = os.path.join(settings.run_dir, name, "hub")
-            if not os.path.isdir(hub_dir):
-                raise FileNotFoundError(
-                    f"the teacher {name} has a record but no module in {destination} or "
-                    f"{hub_dir}; delete {name}.json from {settings.record_dir} to rerun it"
-                )
-            newest = max(os.listdir(hub_dir), key=int)
-            shutil.copytree(os.path.join(hub_dir, newest), destination)
-        former = f"finetune_{percent(fraction)}_"
+        hub_dir = os.path.join(settings.run_dir, name, "hub")
+        if not os.path.isdir(hub_dir):
+            raise FileNotFoundError(
+                f"the run {name} has a record but no module in {destination} or "
+                f"{hub_dir}; delete {name}.json from {settings.record_dir} to rerun it"
+            )
+        newest = max(os.listdir(hub_dir), key=int)
+        shutil.copytree(os.path.join(hub_dir, newest), destination)
+    for name, former in sweeps.items():
         for other in os.listdir(modules):
             if other.startswith(former) and other != name:
                 shutil.rmtree(os.path.join(modules, other))
@@ -392,21 +673,13 @@ def read_records(settings: StudySettings) -> dict[str, dict]:
     return records
 
 
-def probe(encoder: str, settings: StudySettings) -> dict:
-    """kNN and converged linear-probe accuracy of ``encoder`` ("pixels", "random" or "simclr")
-    features, on the recipes' data (``extra_flags`` may change it, e.g. to synthetic images)."""
-    print(f"\n=== probe of {PROBE_LABELS[encoder]}", flush=True)
+def recipe_config(settings: StudySettings):
+    """The RunConfig of the pretraining recipe (float32) with ``extra_flags``: the data and the
+    architecture the probes use."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    import tf_keras
     from absl import flags
 
     from tf_simclr import run as binary
-    from tf_simclr.checkpoints import restore_weights
-    from tf_simclr.data import build_dataset, load_source
-    from tf_simclr.data.subsets import select_subset
-    from tf_simclr.models import SimCLRModel
-    from tf_simclr.training import evaluate, linear_probe
 
     values = flags.FlagValues()
     binary.define_flags(values)
@@ -421,7 +694,40 @@ def probe(encoder: str, settings: StudySettings) -> dict:
             *settings.extra_flags,
         ],
     )
-    config = binary.configs_from_flags(values.flag_values_dict())
+    return binary.configs_from_flags(values.flag_values_dict())
+
+
+def encoder_parameters(settings: StudySettings, widths: tuple[float, ...]) -> dict[float, int]:
+    """The parameter count of the recipe's encoder (the ResNet, without projection or
+    supervised head) at each of ``widths``, from the architecture alone."""
+    from tf_simclr.models import SimCLRModel
+
+    recipe = recipe_config(settings)
+    counts = {}
+    for width in widths:
+        config = dataclasses.replace(recipe.model, width_multiplier=width, num_classes=0)
+        built = SimCLRModel(config).build_for_size(recipe.augment.image_size)
+        counts[width] = int(built.encoder.count_params())
+    return counts
+
+
+def probe(encoder: str, settings: StudySettings, width: float = BASE_WIDTH) -> dict:
+    """kNN and converged linear-probe accuracy of ``encoder`` ("pixels", "random" or "simclr",
+    the latter the encoder of ``width``) features, on the recipes' data (``extra_flags`` may
+    change it, e.g. to synthetic images)."""
+    shown = f" (width {width:g})" if encoder == "simclr" else ""
+    print(f"\n=== probe of {PROBE_LABELS[encoder]}{shown}", flush=True)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras
+
+    from tf_simclr.checkpoints import restore_weights
+    from tf_simclr.data import build_dataset, load_source
+    from tf_simclr.data.subsets import select_subset
+    from tf_simclr.models import SimCLRModel
+    from tf_simclr.training import evaluate, linear_probe
+
+    config = recipe_config(settings)
     data, train = config.data, config.train
 
     def split(name: str, limit: int | None = None):
@@ -452,14 +758,14 @@ def probe(encoder: str, settings: StudySettings) -> dict:
             from tf_simclr import checkpoints
 
             model_config = dataclasses.replace(
-                checkpoints.load_model_config(settings.encoder_source),
+                checkpoints.load_model_config(settings.encoder_for(width)),
                 num_classes=0,
                 dtype_policy="float32",
             )
         tf_keras.utils.set_random_seed(data.seed)
         model = SimCLRModel(model_config).build_for_size(config.augment.image_size)
         if encoder == "simclr":
-            restore_weights(model, settings.encoder_source, include_supervised_head=False)
+            restore_weights(model, settings.encoder_for(width), include_supervised_head=False)
 
         def features(dataset) -> tuple[np.ndarray, np.ndarray]:
             values, labels = evaluate.extract_features(model, dataset, normalize=False)
@@ -498,40 +804,44 @@ def probe(encoder: str, settings: StudySettings) -> dict:
     return result
 
 
-def summarize(records: list[dict]) -> dict[tuple[str, float], dict]:
-    """Mean, sample standard deviation (ddof=1; 0 for one seed), count and summed wall time of
-    the top-1 accuracies of each (method, label fraction). Sweep runs count only as their
-    sweep's best budget on the first seed."""
-    groups: dict[tuple[str, float], list[dict]] = {}
+def counted(records: list[dict]) -> dict[tuple[str, float, float], list[dict]]:
+    """The records that count, by (method, label fraction, width): every run's, except that a
+    budget sweep counts only as its best budget on the first seed."""
+    groups: dict[tuple[str, float, float], list[dict]] = {}
     for record in records:
         if record["method"] in ("probe", "pretrain"):
             continue
+        key = (record["method"], record["fraction"], record_width(record))
         if _is_sweep(record):
             sweep = [
                 r
                 for r in records
-                if _is_sweep(r)
-                and (r["method"], r["fraction"]) == (record["method"], record["fraction"])
+                if _is_sweep(r) and (r["method"], r["fraction"], record_width(r)) == key
             ]
             if record is not best_of_sweep(sweep):
                 continue
-        groups.setdefault((record["method"], record["fraction"]), []).append(record)
-    summary = {}
-    for key, members in groups.items():
-        accuracies = np.array([member["top_1"] for member in members], dtype=np.float64)
-        summary[key] = {
-            "mean": float(accuracies.mean()),
-            "std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
-            "min": float(accuracies.min()),
-            "max": float(accuracies.max()),
-            "count": len(accuracies),
+        groups.setdefault(key, []).append(record)
+    return groups
+
+
+def summarize(records: list[dict]) -> dict[tuple[str, float, float], dict]:
+    """Mean, sample standard deviation (ddof=1; 0 for one seed), min, max, count and summed
+    wall time of the top-1 accuracies of each (method, label fraction, width) that counts
+    (:func:`counted`)."""
+    return {
+        key: {
+            **size.describe([member["top_1"] for member in members]),
             "seconds": float(sum(member["seconds"] for member in members)),
         }
-    return summary
+        for key, members in counted(records).items()
+    }
+
+
+SWEEP_NAME = re.compile(r"_x[0-9.]+_seed[0-9]+$")
 
 
 def _is_sweep(record: dict) -> bool:
-    return record["method"] in SWEPT_METHODS and "_x" in record["name"]
+    return record["method"] in SWEPT_METHODS and SWEEP_NAME.search(record["name"]) is not None
 
 
 def targets(
@@ -557,7 +867,7 @@ def targets(
         rows.append(("encoder beats raw pixels (kNN, linear eval >= 0.88)", None, "not run"))
 
     def entry(method: str, fraction: float):
-        return summary.get((method, fraction))
+        return summary.get((method, fraction, METHOD_WIDTHS[method]))
 
     tuned, base = entry("finetune", 0.01), entry("supervised", 0.01)
     if tuned and base:
@@ -617,9 +927,16 @@ def targets(
     return rows
 
 
+def base_probes(records: list[dict]) -> dict[str, dict]:
+    """The probe records of the width-0.25 table, by encoder ("pixels", "random", "simclr")."""
+    names = {probe_name(encoder): encoder for encoder in PROBE_ENCODERS}
+    return {names[r["name"]]: r for r in records if r["name"] in names}
+
+
 def markdown_table(records: list[dict], settings: StudySettings) -> str:
-    """The reference and encoder rows, the label-efficiency rows, the sweeps and the targets.
-    A cell whose budget sweep has not finished is marked, and no target uses it."""
+    """The width-0.25 study: the reference and encoder rows, the label-efficiency rows, the
+    sweeps and the targets. A cell whose budget sweep has not finished is marked, and no target
+    uses it."""
     summary = summarize(records)
     by_name = {record["name"]: record for record in records}
     sweeps = {
@@ -628,11 +945,11 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
         for fraction in base
     }
     unfinished = {
-        (method, fraction)
+        (method, fraction, BASE_WIDTH)
         for method, fraction in sweeps
         if best_multiplier(by_name, settings, fraction, method) is None
     }
-    probes = {r["name"].removeprefix("probe_"): r for r in records if r["method"] == "probe"}
+    probes = base_probes(records)
     lines = [
         "| features (fixed) | kNN | linear 1% | linear 10% | linear 100% |",
         "|---|---:|---:|---:|---:|",
@@ -647,13 +964,14 @@ def markdown_table(records: list[dict], settings: StudySettings) -> str:
     for method, label in METHODS.items():
         cells, seconds = [], 0.0
         for fraction in FRACTIONS:
-            entry = summary.get((method, fraction))
+            key = (method, fraction, METHOD_WIDTHS[method])
+            entry = summary.get(key)
             if entry is None:
                 cells.append("")
                 continue
             seconds += entry["seconds"]
             spread = f" ± {entry['std']:.4f}" if entry["count"] > 1 else ""
-            running = " (sweep not finished)" if (method, fraction) in unfinished else ""
+            running = " (sweep not finished)" if key in unfinished else ""
             cells.append(f"{entry['mean']:.4f}{spread} ({entry['count']}){running}")
         lines.append(f"| {label} | {' | '.join(cells)} | {seconds / 60:.1f} min |")
     columns = max(len(sweep) for sweep in sweeps.values())
@@ -708,7 +1026,8 @@ def plot(records: list[dict], path: str) -> None:
     summary = summarize(records)
     figure, axes = pyplot.subplots(figsize=(10, 4.5))
     for method, label in METHODS.items():
-        points = [(f, summary[(method, f)]) for f in FRACTIONS if (method, f) in summary]
+        keys = [(method, f, METHOD_WIDTHS[method]) for f in FRACTIONS]
+        points = [(key[1], summary[key]) for key in keys if key in summary]
         if points:
             axes.errorbar(
                 [100 * f for f, _ in points],
@@ -718,16 +1037,14 @@ def plot(records: list[dict], path: str) -> None:
                 capsize=3,
                 label=label,
             )
-    for record in records:
-        if record["method"] == "probe":
-            encoder = record["name"].removeprefix("probe_")
-            axes.plot(
-                [100 * f for f in FRACTIONS],
-                [record["linear"][f"{f:g}"] for f in FRACTIONS],
-                linestyle="--",
-                marker=".",
-                label=f"linear probe: {PROBE_LABELS[encoder]}",
-            )
+    for encoder, record in base_probes(records).items():
+        axes.plot(
+            [100 * f for f in FRACTIONS],
+            [record["linear"][f"{f:g}"] for f in FRACTIONS],
+            linestyle="--",
+            marker=".",
+            label=f"linear probe: {PROBE_LABELS[encoder]}",
+        )
     axes.set_xscale("log")
     axes.set_xticks([1, 10, 100], labels=["1%", "10%", "100%"])
     axes.set_xlabel("labeled fraction of the 60,000 training images")
@@ -740,22 +1057,70 @@ def plot(records: list[dict], path: str) -> None:
     pyplot.close(figure)
 
 
+def pretraining_curve(settings: StudySettings, records: dict[str, dict], width: float):
+    """The kNN curve of the pretraining of the encoder of ``width``: its record's, or for the
+    given encoder the release's ``knn_curve.json`` beside its module (None when absent)."""
+    if settings.pretrained_here(width):
+        return records.get(pretrain_name(width), {}).get("knn_curve")
+    path = os.path.join(os.path.dirname(settings.encoder.rstrip(os.sep)), "knn_curve.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["curve"]
+
+
+def size_results(
+    records: list[dict], settings: StudySettings, parameters: dict[float, int]
+) -> size.SizeResults:
+    """What the report by width reads, from the records alone: the top-1 by seed of every group
+    that counts (:func:`counted`; a budget sweep once it has finished), each width's probes and
+    pretraining curve, and the big teacher of each fraction. ``parameters``: the encoder
+    parameters by width (:func:`encoder_parameters`)."""
+    by_name = {record["name"]: record for record in records}
+    top_1 = {}
+    for (method, fraction, width), members in counted(records).items():
+        swept = method in SWEPT_METHODS
+        if swept and best_multiplier(by_name, settings, fraction, method, width) is None:
+            continue
+        top_1[(method, fraction, width)] = {r["seed"]: r["top_1"] for r in members}
+    probes = {w: r for w in settings.widths if (r := by_name.get(probe_name("simclr", w)))}
+    teachers = {}
+    for fraction in SEMI_SUPERVISED:
+        name = teacher_name(settings, by_name, fraction, settings.teacher_width)
+        if name in by_name:
+            teachers[fraction] = (name, by_name[name]["top_1"])
+    curves = {w: pretraining_curve(settings, by_name, w) for w in settings.widths}
+    return size.SizeResults(
+        seeds=settings.seeds,
+        widths=tuple(sorted(settings.widths)),
+        base_width=BASE_WIDTH,
+        teacher_width=settings.teacher_width,
+        students=settings.big_students,
+        parameters=parameters,
+        top_1=top_1,
+        linear={w: r["linear"] for w, r in probes.items()},
+        knn={w: r["knn_top_1"] for w, r in probes.items()},
+        curves={w: curve for w, curve in curves.items() if curve},
+        teachers=teachers,
+    )
+
+
 def current_records(settings: StudySettings, encoder: str) -> tuple[list[dict], list[Run]]:
     """The recorded runs of the plan whose records are current for the ``encoder`` fingerprint
     (in plan order), and the runs still to do (missing or stale records)."""
     records = read_records(settings)
     done, pending = [], []
     for run in plan(settings, records):
-        current = records.get(run.name, {}).get("inputs") == inputs_of(
-            run, settings, encoder, records
-        )
-        (done if current else pending).append(records[run.name] if current else run)
+        record = records.get(run.name)
+        current = is_current(record, run, inputs_of(run, settings, encoder, records))
+        (done if current else pending).append(record if current else run)
     return done, pending
 
 
 def run_study(settings: StudySettings) -> list[dict]:
     """Run every run whose record is missing or stale (the plan grows as sweeps finish);
-    return all records."""
+    return all records. Before each run the modules it may start from are installed, and its
+    own installed module (from an earlier run of its name) is dropped: it exports a new one."""
     encoder = encoder_fingerprint(settings)
     while True:
         _, pending = current_records(settings, encoder)
@@ -764,15 +1129,23 @@ def run_study(settings: StudySettings) -> list[dict]:
             break
         run = selected[0]
         records = read_records(settings)
-        install_teachers(settings, records)
+        install_modules(settings, records)
+        shutil.rmtree(module_path(settings, run.name), ignore_errors=True)
         if run.name in records:
             print(
-                f"\n{run.name}: its record is stale (flags, encoder or teacher changed); rerunning"
+                f"\n{run.name}: its record is stale (width, flags, encoder or teacher changed); "
+                "rerunning"
             )
-        record = execute(run, settings)
-        record["inputs"] = inputs_of(run, settings, encoder, records)
+        key = inputs_of(run, settings, encoder, records)
+        record = execute(run, settings, key)
+        record["inputs"] = key
         write_record(record, settings)
+    install_modules(settings, read_records(settings))
     return current_records(settings, encoder)[0]
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(value) for value in text.split(",") if value)
 
 
 def main() -> None:
@@ -810,8 +1183,35 @@ def main() -> None:
         default="",
         help="Comma-separated run names or shell patterns: run just these of the pending runs.",
     )
+    parser.add_argument(
+        "--widths",
+        default=",".join(f"{w:g}" for w in defaults.widths),
+        help="Comma-separated encoder widths whose runs are planned (0.25: the released one).",
+    )
+    parser.add_argument(
+        "--teacher_width",
+        type=float,
+        default=defaults.teacher_width,
+        help="The width whose fine-tunes teach the big-to-small students.",
+    )
+    parser.add_argument(
+        "--big_students",
+        default=",".join(f"{w:g}" for w in defaults.big_students),
+        help="Comma-separated widths of the big teacher's students (e.g. 0.25,0.125).",
+    )
     parser.add_argument("--table", default="", help="Markdown output (default: in record_dir).")
     parser.add_argument("--plot", default="", help="PNG output (default: in record_dir).")
+    parser.add_argument(
+        "--size_table", default="", help="Markdown by width (default: in record_dir)."
+    )
+    parser.add_argument(
+        "--size_plot", default="", help="PNG of top-1 by encoder size (default: in record_dir)."
+    )
+    parser.add_argument(
+        "--knn_plot",
+        default="",
+        help="PNG of the pretraining kNN curves by width (default: in record_dir).",
+    )
     parser.add_argument(
         "--report_only",
         action="store_true",
@@ -831,6 +1231,9 @@ def main() -> None:
         distill_alpha=args.distill_alpha,
         extra_flags=tuple(shlex.split(args.extra_flags)),
         only=tuple(pattern for pattern in args.only.split(",") if pattern),
+        widths=floats(args.widths),
+        teacher_width=args.teacher_width,
+        big_students=floats(args.big_students),
     )
     started = time.time()
     if args.report_only:
@@ -848,8 +1251,20 @@ def main() -> None:
     with open(os.path.join(settings.record_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(records, handle, indent=2)
     plot(records, plot_path)
-    print("\n" + table)
-    print(f"this invocation: {time.time() - started:.0f} s; table {table_path}, plot {plot_path}")
+    results = size_results(records, settings, encoder_parameters(settings, settings.widths))
+    outputs = {
+        "size_table": args.size_table or os.path.join(settings.record_dir, "by_width.md"),
+        "size_plot": args.size_plot or os.path.join(settings.record_dir, "by_width.png"),
+        "knn_plot": args.knn_plot or os.path.join(settings.record_dir, "knn_by_width.png"),
+    }
+    by_width = size.markdown(results)
+    with open(outputs["size_table"], "w", encoding="utf-8") as handle:
+        handle.write(by_width)
+    size.plot_accuracy(results, outputs["size_plot"])
+    size.plot_knn_curves(results, outputs["knn_plot"])
+    print("\n" + table + "\n" + by_width)
+    written = ", ".join([table_path, plot_path, *outputs.values()])
+    print(f"this invocation: {time.time() - started:.0f} s; wrote {written}")
 
 
 if __name__ == "__main__":

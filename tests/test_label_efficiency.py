@@ -9,7 +9,9 @@ import dataclasses
 import json
 import shutil
 import statistics
+import subprocess
 import sys
+import types
 
 import label_efficiency as study
 import pytest
@@ -56,9 +58,9 @@ def test_sweep_picks_the_best_budget_for_the_other_seeds():
     assert order.index("supervised_10pct_seed2") < order.index("supervised_100pct_x1_seed0")
 
     summary = study.summarize(list(records.values()))
-    assert summary[("supervised", 0.01)]["mean"] == 0.83
-    assert summary[("supervised", 0.01)]["count"] == 1  # only the best budget counts
-    assert summary[("supervised", 0.1)]["mean"] == 0.88
+    assert summary[("supervised", 0.01, 0.25)]["mean"] == 0.83
+    assert summary[("supervised", 0.01, 0.25)]["count"] == 1  # only the best budget counts
+    assert summary[("supervised", 0.1, 0.25)]["mean"] == 0.88
 
 
 def test_a_sweep_whose_longest_budget_wins_is_doubled_until_it_stops_improving():
@@ -142,20 +144,25 @@ def test_fine_tuning_gets_the_budget_rule_of_the_baselines():
         )
     # Only the best budget counts.
     summary = study.summarize(list(records.values()))
-    assert summary[("finetune", 0.1)]["mean"] == 0.91 and summary[("finetune", 0.1)]["count"] == 1
+    tuned = summary[("finetune", 0.1, 0.25)]
+    assert tuned["mean"] == 0.91 and tuned["count"] == 1
     table = study.markdown_table(list(records.values()), settings)
     assert "| finetune | 10% | 0.8900 (20 ep) | 0.9000 (40 ep) | 0.9100 (80 ep) | 0.9050" in table
     assert "teachers: finetune_10pct_x4_seed0 (0.9100)." in table
 
 
 def test_plan_pairs_seeds_and_orders_dependencies():
-    settings = study.StudySettings(run_dir="/study", record_dir="/records", seeds=(0, 1, 2))
+    settings = study.StudySettings(
+        run_dir="/study", record_dir="/records", seeds=(0, 1, 2), widths=(0.25,)
+    )
     runs = study.plan(settings, {})
     names = [run.name for run in runs]
     assert len(names) == len(set(names))
     assert names[0] == "pretrain"
     assert not any(run.teacher for run in runs)  # no student before its teacher's sweep
-    records = {}
+    # Nothing starts from the study's encoder before its pretraining is recorded.
+    assert not any(run.encoder_width for run in runs)
+    records = {"pretrain": {"name": "pretrain", "method": "pretrain", "inputs": "encoder"}}
     for fraction in study.SEMI_SUPERVISED:
         records |= _sweep_records(settings, fraction, [0.85, 0.84, 0.83], method="finetune")
         records |= _sweep_records(settings, fraction, [0.80, 0.82, 0.81])
@@ -166,8 +173,8 @@ def test_plan_pairs_seeds_and_orders_dependencies():
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
     assert len(by_method["finetune"]) == 10 and len(by_method["probe"]) == 3
-    for run in by_method["finetune"]:
-        assert "--checkpoint=/study/pretrain" in run.flags
+    for run in by_method["finetune"]:  # the pretraining's module, installed with the records
+        assert "--checkpoint=/records/modules/pretrain" in run.flags
         if run.seed == 0:
             twin = f"supervised_{study.percent(run.fraction)}_x{run.multiplier:g}_seed0"
             assert twin in names
@@ -186,7 +193,7 @@ def test_plan_pairs_seeds_and_orders_dependencies():
     assert names.index("supervised_10pct_seed2") < names.index("distill_small_1pct_seed1")
     assert names.index("distill_small_10pct_seed2") < names.index("supervised_100pct_x1_seed0")
 
-    # With a released encoder nothing is pretrained and everything starts from the module.
+    # With a released encoder width 0.25 is not pretrained and starts from the module.
     released = study.StudySettings(run_dir="/study", encoder="/pretrained/hub")
     runs = study.plan(released, {})
     assert "pretrain" not in [run.name for run in runs]
@@ -215,8 +222,9 @@ def test_a_record_is_stale_when_its_flags_encoder_or_teacher_change(tmp_path):
     second = study.encoder_fingerprint(settings)
     assert second != first
     after = keys(settings, second, records)
+    from_encoder = ("finetune", "self_distill", "distill_small")  # the teacher's encoder
     assert {name for name in runs if after[name] != before[name]} == {
-        name for name, run in runs.items() if run.method in study.ENCODER_DEPENDENT
+        name for name, run in runs.items() if run.method in from_encoder
     } | {"probe_simclr"}
     more_flags = dataclasses.replace(settings, extra_flags=("--train_steps=2",))
     assert all(v != before[name] for name, v in keys(more_flags, first, records).items())
@@ -297,7 +305,7 @@ def test_the_best_budgets_module_becomes_the_teacher_and_replaces_the_former(tmp
             module.mkdir(parents=True)
             (module / "saved_model.pb").write_text(f"{name} {step}")
     records = _sweep_records(settings, 0.01, [0.80, 0.82, 0.81], method="finetune")
-    study.install_teachers(settings, records)
+    study.install_modules(settings, records)
     modules = tmp_path / "records" / "modules"
     assert [p.name for p in modules.iterdir()] == ["finetune_1pct_x2_seed0"]
     assert (modules / "finetune_1pct_x2_seed0" / "saved_model.pb").read_text() == (
@@ -306,13 +314,13 @@ def test_the_best_budgets_module_becomes_the_teacher_and_replaces_the_former(tmp
     # The sweep is rerun and 1x now wins: its module replaces the former teacher's.
     records["finetune_1pct_x2_seed0"]["top_1"] = 0.79
     records["finetune_1pct_x4_seed0"]["top_1"] = 0.79
-    study.install_teachers(settings, records)
+    study.install_modules(settings, records)
     assert [p.name for p in modules.iterdir()] == ["finetune_1pct_x1_seed0"]
     # A teacher with a record but no module anywhere is an error that says what to do.
     shutil.rmtree(modules / "finetune_1pct_x1_seed0")
     shutil.rmtree(tmp_path / "runs" / "finetune_1pct_x1_seed0")
     with pytest.raises(FileNotFoundError, match=r"delete finetune_1pct_x1_seed0\.json"):
-        study.install_teachers(settings, records)
+        study.install_modules(settings, records)
 
 
 def test_summary_matches_statistics_module():
@@ -327,7 +335,7 @@ def test_summary_matches_statistics_module():
         for i, value in enumerate((0.81, 0.79, 0.805))
     ]
     summary = study.summarize(records)
-    entry = summary[("finetune", 0.01)]
+    entry = summary[("finetune", 0.01, 0.25)]
     # Bound: float64 sums of 3 values in another order (pytest.approx's rel 1e-6).
     assert entry["mean"] == pytest.approx(statistics.mean([0.81, 0.79, 0.805]))
     assert entry["std"] == pytest.approx(statistics.stdev([0.81, 0.79, 0.805]))
@@ -345,14 +353,14 @@ def test_targets_are_met_or_missed_by_their_definitions():
         "simclr": {"knn_top_1": 0.80, "linear": {"1": 0.87}},
     }
     summary = {
-        ("finetune", 0.01): _entry(0.85, 0.84, 0.86),
-        ("supervised", 0.01): _entry(0.81, 0.80, 0.835),
-        ("finetune", 0.1): _entry(0.90, 0.89, 0.91),
-        ("supervised", 0.1): _entry(0.89, 0.88, 0.90),
-        ("self_distill", 0.1): _entry(0.91, 0.90, 0.92),
-        ("supervised", 1.0): _entry(0.94, 0.93, 0.95),
-        ("distill_small", 0.01): _entry(0.82, 0.82, 0.82),
-        ("distill_small", 0.1): _entry(0.87, 0.87, 0.87),
+        ("finetune", 0.01, 0.25): _entry(0.85, 0.84, 0.86),
+        ("supervised", 0.01, 0.25): _entry(0.81, 0.80, 0.835),
+        ("finetune", 0.1, 0.25): _entry(0.90, 0.89, 0.91),
+        ("supervised", 0.1, 0.25): _entry(0.89, 0.88, 0.90),
+        ("self_distill", 0.1, 0.25): _entry(0.91, 0.90, 0.92),
+        ("supervised", 1.0, 0.25): _entry(0.94, 0.93, 0.95),
+        ("distill_small", 0.01, 0.125): _entry(0.82, 0.82, 0.82),
+        ("distill_small", 0.1, 0.125): _entry(0.87, 0.87, 0.87),
     }
     teachers = {0.01: 0.85, 0.1: 0.90}  # the best-budget seed-0 fine-tunes
     rows = study.targets(summary, probes, teachers)
@@ -361,7 +369,7 @@ def test_targets_are_met_or_missed_by_their_definitions():
     assert [ok for _, ok, _ in rows] == [False, True, True, False, True]
     assert rows[-1][2] == "96.5%, 96.7%"
     assert study.targets(summary, probes, {0.01: 0.85, 0.1: 0.92})[-1][1] is False  # 94.6%
-    summary[("supervised", 0.01)] = _entry(0.83, 0.80, 0.845)  # overlapping, +2 points
+    summary[("supervised", 0.01, 0.25)] = _entry(0.83, 0.80, 0.845)  # overlapping, +2 points
     assert study.targets(summary, probes, teachers)[1][1] is False
     assert all(ok is None for _, ok, _ in study.targets({}, {}, {}))
 
@@ -390,6 +398,7 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
         "--seeds=0",
         "--budget_multipliers=1",
         "--max_budget_multiplier=1",
+        "--widths=0.25",
         f"--extra_flags={TINY}",
         f"--table={tmp_path / 'table.md'}",
         f"--plot={tmp_path / 'plot.png'}",
@@ -406,6 +415,7 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
         encoder=str(encoder),
         budget_multipliers=(1,),
         max_budget_multiplier=1,
+        widths=(0.25,),
     )
     planned = study.plan(settings, {record["name"]: record for record in records})
     assert [r["name"] for r in records] == [run.name for run in planned]
@@ -441,3 +451,247 @@ def test_tiny_study_from_a_released_encoder_writes_table_and_plot_and_resumes(tm
     report = run_study()
     assert "\n=== " not in report and "0 planned runs not recorded yet" in report
     assert (tmp_path / "table.md").read_text() == written
+
+
+# -- the width ladder (issue 26) ------------------------------------------------------------
+
+
+def _recorded(run, top_1, **extra):
+    """A record of ``run`` as the study writes it (its key stands in as ``inputs``)."""
+    return {
+        **dataclasses.asdict(run),
+        "top_1": top_1,
+        "seconds": 1.0,
+        "inputs": f"key of {run.name}",
+        **extra,
+    }
+
+
+def test_each_width_is_pretrained_then_probed_swept_and_compared_with_supervised():
+    settings = study.StudySettings(
+        run_dir="/study", record_dir="/records", encoder="/released/hub", seeds=(0, 1, 2)
+    )
+    assert settings.widths == (0.125, 0.25, 0.5)
+    runs = study.plan(settings, {})
+    names = [run.name for run in runs]
+    # The two encoders the study pretrains come first, at the release's recipe and length; the
+    # released width-0.25 encoder is never retrained.
+    assert names[:2] == ["pretrain_width0.125", "pretrain_width0.5"]
+    assert "pretrain" not in names
+    assert runs[1].flags == (
+        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        "--train_epochs=60",
+        "--width_multiplier=0.5",
+    )
+    # Nothing starts from an encoder that is not recorded yet; the supervised sweeps need none.
+    assert not any(run.encoder_width in (0.125, 0.5) for run in runs)
+    assert {"supervised_width0.125_1pct_x1_seed0", "supervised_width0.5_1pct_x4_seed0"} <= set(
+        names
+    )
+    supervised = {name for name in names if name.startswith("supervised_width")}
+    assert not any("10pct" in name or "100pct" in name for name in supervised)
+
+    records = {}
+    pretrain = {run.name: run for run in runs}["pretrain_width0.5"]
+    records[pretrain.name] = _recorded(pretrain, 0.80)
+    planned = {run.name: run for run in study.plan(settings, records)}
+    assert planned["probe_simclr_width0.5"].encoder_width == 0.5
+    assert "probe_simclr_width0.125" not in planned  # its pretraining is not recorded
+    sweep = [planned[f"finetune_width0.5_10pct_x{m}_seed0"] for m in (1, 2, 4)]
+    for run in sweep:
+        assert "--checkpoint=/records/modules/pretrain_width0.5" in run.flags
+        assert "--width_multiplier=0.5" in run.flags and run.width == 0.5
+        assert f"--train_epochs={run.multiplier * study.FINETUNE_EPOCHS[0.1]:g}" in run.flags
+    base = planned["finetune_10pct_x1_seed0"]
+    assert "--checkpoint=/released/hub" in base.flags
+    assert not any(flag.startswith("--width_multiplier") for flag in base.flags)
+
+    # The same budget rule on both sides at width 0.5: its sweeps decide its later seeds.
+    for method, fraction, accuracies in (
+        ("finetune", 0.01, [0.86, 0.87, 0.86]),
+        ("finetune", 0.1, [0.91, 0.90, 0.90]),
+        ("supervised", 0.01, [0.80, 0.82, 0.81]),
+    ):
+        for run, accuracy in zip(
+            study.fraction_sweep(settings, records, fraction, method, 0.5), accuracies, strict=True
+        ):
+            records[run.name] = _recorded(run, accuracy)
+    assert study.best_multiplier(records, settings, 0.01, "supervised", 0.5) == 2
+    assert study.best_multiplier(records, settings, 0.01, "supervised") is None  # width 0.25's
+    planned = {run.name: run for run in study.plan(settings, records)}
+    assert planned["supervised_width0.5_1pct_seed2"].multiplier == 2
+    assert planned["finetune_width0.5_1pct_seed1"].multiplier == 2
+    assert planned["finetune_width0.5_10pct_seed1"].multiplier == 1
+
+    # Big-to-small: the width-0.5 teachers (best budgets, seed 0) teach width-0.25 students,
+    # initialised from the released encoder like the self-distilled student, for every seed.
+    students = [run for run in planned.values() if run.method == "big_to_small"]
+    assert sorted(run.name for run in students) == sorted(
+        f"big_to_small_{pct}_seed{seed}" for pct in ("1pct", "10pct") for seed in (0, 1, 2)
+    )
+    for run in students:
+        teacher = "finetune_width0.5_" + ("1pct_x2" if run.fraction == 0.01 else "10pct_x1")
+        assert run.teacher == f"{teacher}_seed0" and run.width == 0.25
+        assert f"--teacher=/records/modules/{teacher}_seed0" in run.flags
+        assert "--checkpoint=/released/hub" in run.flags
+        assert f"--label_fraction={run.fraction:g}" in run.flags
+        assert f"--distill_alpha={settings.distill_alpha:g}" in run.flags
+        assert not any(flag.startswith("--width_multiplier") for flag in run.flags)
+        assert study.exports_module(planned[run.teacher], settings)
+    # An optional width-0.125 student waits for its own encoder, then starts from it.
+    both = dataclasses.replace(settings, big_students=(0.25, 0.125))
+    assert not any(r.width == 0.125 and r.teacher for r in study.plan(both, records))
+    small = study.pretrain_run(both, 0.125)
+    records[small.name] = _recorded(small, 0.75)
+    small_students = [r for r in study.plan(both, records) if r.method == "big_to_small"]
+    small_students = [r for r in small_students if r.width == 0.125]
+    assert len(small_students) == 6
+    for run in small_students:
+        assert run.name.startswith("big_to_small_width0.125_")
+        assert "--checkpoint=/records/modules/pretrain_width0.125" in run.flags
+        assert "--width_multiplier=0.125" in run.flags
+    with pytest.raises(ValueError, match="narrower than the teacher"):
+        dataclasses.replace(settings, big_students=(0.5,))
+    # --widths selects: without width 0.5 there is no big teacher and nothing of width 0.5.
+    narrow = dataclasses.replace(settings, widths=(0.125, 0.25))
+    assert not any(
+        r.width == 0.5 or r.teacher.startswith("finetune_width0.5")
+        for r in study.plan(narrow, records)
+    )
+
+
+def test_the_pretraining_flags_are_the_releases_at_every_width():
+    """The study's pretrainings use the recipe the released encoder was trained with
+    (``pretrained/fashion_mnist/pretrain.flags``), only the width differing."""
+    from absl import flags
+
+    from tf_simclr import run as binary
+
+    def parsed(argv: list[str]) -> dict:
+        values = flags.FlagValues()
+        binary.define_flags(values)
+        binary.parse_flags(values, ["study", *argv, "--model_dir=unused"])
+        return values.flag_values_dict()
+
+    release = parsed(study.expanded_flags(("--flagfile=pretrained/fashion_mnist/pretrain.flags",)))
+    settings = study.StudySettings(run_dir="/study", encoder="")
+    for width in study.WIDTHS:
+        run = study.pretrain_run(settings, width)
+        assert run.name == ("pretrain" if width == 0.25 else f"pretrain_width{width:g}")
+        flags_of_run = parsed(study.expanded_flags(run.flags))
+        differing = {name for name in release if release[name] != flags_of_run[name]}
+        assert differing == (set() if width == 0.25 else {"width_multiplier"})
+        assert flags_of_run["width_multiplier"] == width
+
+
+def _study_records():
+    """The committed records of the width-0.25 study, by name."""
+    return {
+        path.stem: json.loads(path.read_text())
+        for path in (REPO_ROOT / "bench" / "results" / "label_efficiency").glob("*.json")
+        if path.name != "results.json"
+    }
+
+
+def test_the_width_is_part_of_the_key_and_the_width_025_records_stay_valid(tmp_path):
+    committed = _study_records()
+    legacy = [record for record in committed.values() if "width" not in record]
+    assert legacy  # the width-0.25 study, recorded before the ladder
+    released = str(study.RELEASED_ENCODER)
+    base = study.StudySettings(run_dir=str(tmp_path), encoder=released, widths=(0.25,))
+    done, pending = study.current_records(base, study.encoder_fingerprint(base))
+    # Every run of the width-0.25 study is recorded and current: a fresh clone skips them all.
+    assert pending == []
+    assert {r.name for r in study.plan(base, committed)} == {r["name"] for r in done}
+    ladder = dataclasses.replace(base, widths=study.WIDTHS)
+    done_in_ladder, pending = study.current_records(ladder, study.encoder_fingerprint(ladder))
+    assert {r["name"] for r in done} <= {r["name"] for r in done_in_ladder}
+    # What the ladder adds is named with its width (the big teacher's students aside).
+    assert all("width" in r.name or r.method == "big_to_small" for r in pending)
+    # Legacy records carry no width: the small student's is 0.125, every other one 0.25.
+    assert study.record_width(committed["distill_small_1pct_seed0"]) == 0.125
+    assert study.record_width(committed["finetune_1pct_x1_seed0"]) == 0.25
+
+    settings = study.StudySettings(run_dir=str(tmp_path), encoder=released, seeds=(0, 1, 2))
+    encoder = study.encoder_fingerprint(settings)
+    runs = {run.name: run for run in study.plan(settings, committed)}
+    record = committed["finetune_1pct_x1_seed0"]
+    run = runs[record["name"]]
+    assert study.is_current(record, run, study.inputs_of(run, settings, encoder, committed))
+    # The same record said to be of width 0.5 is not reused at width 0.25, though its key is.
+    assert not study.is_current(
+        {**record, "width": 0.5}, run, study.inputs_of(run, settings, encoder, committed)
+    )
+    # The same run at another width has another name and another key.
+    pretrained = study.pretrain_run(settings, 0.5)
+    records = {**committed, pretrained.name: _recorded(pretrained, 0.8)}
+    other = study.budget_run(settings, "finetune", 0.01, 0, 1, "x", 0.5)
+    assert study.run_name("finetune", 0.01, 0, 0.5, 1) == "finetune_width0.5_1pct_x1_seed0"
+    assert study.inputs_of(other, settings, encoder, records) != study.inputs_of(
+        run, settings, encoder, records
+    )
+    # A new width-0.5 encoder makes stale exactly the runs that start from it.
+    runs = {run.name: run for run in study.plan(settings, records)}
+
+    def keys(records):
+        return {n: study.inputs_of(r, settings, encoder, records) for n, r in runs.items()}
+
+    before = keys(records)
+    records[pretrained.name] = {**records[pretrained.name], "inputs": "another pretraining"}
+    after = keys(records)
+    changed = {name for name in runs if before[name] != after[name]}
+    assert changed == {name for name, run in runs.items() if run.encoder_width == 0.5}
+    assert {"probe_simclr_width0.5", "finetune_width0.5_1pct_x1_seed0"} <= changed
+
+
+def test_an_interrupted_run_resumes_in_its_model_dir_and_adds_up_its_time(tmp_path, monkeypatch):
+    """A long pretraining is cut short and rerun: the second invocation continues in the same
+    model_dir (tf-simclr resumes from its checkpoints there) and the record's wall time adds up
+    both; a model_dir left by other inputs is moved aside instead of being resumed."""
+    import release_encoder
+
+    settings = study.StudySettings(
+        run_dir=str(tmp_path / "runs"), record_dir=str(tmp_path / "records"), encoder="/hub"
+    )
+    run = study.pretrain_run(settings, 0.5)
+    clock = {"now": 1000.0}
+    calls = []
+
+    def model_dir_parent():
+        return (tmp_path / "runs").iterdir()
+
+    def fake_tf_simclr(name, flags, model_dir, log_name):
+        """Stands for the binary: the first invocation is killed after 100 s having written a
+        checkpoint; the next ones finish after 50 s."""
+        resumed = (tmp_path / "runs" / name / "ckpt").is_dir()
+        calls.append((model_dir, flags, resumed, sorted(p.name for p in model_dir_parent())))
+        with open(f"{model_dir}/{log_name}", "a") as log:
+            log.write(f"invocation {len(calls)}\n")
+        if len(calls) == 1:
+            clock["now"] += 100
+            (tmp_path / "runs" / name / "ckpt").mkdir()
+            raise subprocess.CalledProcessError(1, "tf-simclr")
+        clock["now"] += 50
+        result = {"eval": {"knn_top_1_accuracy": 0.7}, "train": {"images_per_second": 5.0}}
+        (tmp_path / "runs" / name / "result.json").write_text(json.dumps(result))
+        return 50.0, "tf-simclr ..."
+
+    monkeypatch.setattr(study, "run_tf_simclr", fake_tf_simclr)
+    monkeypatch.setattr(study, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+    monkeypatch.setattr(release_encoder, "knn_curve", lambda model_dir: [{"epoch": 1.0}])
+    with pytest.raises(subprocess.CalledProcessError):
+        study.execute(run, settings, "key 1")
+    record = study.execute(run, settings, "key 1")
+    model_dir = tmp_path / "runs" / "pretrain_width0.5"
+    assert [call[0] for call in calls] == [str(model_dir)] * 2
+    assert [call[2] for call in calls] == [False, True]  # the second found the first's checkpoint
+    assert (model_dir / "study.log").read_text() == "invocation 1\ninvocation 2\n"
+    assert record["seconds"] == 150 and record["top_1"] == 0.7
+    assert record["knn_curve"] == [{"epoch": 1.0}] and record["width"] == 0.5
+    assert "--export_hub" in calls[0][1]  # the encoder of its width: exported
+    # Other inputs (e.g. other extra flags) do not resume this run: it is moved aside.
+    record = study.execute(run, settings, "key 2")
+    assert [call[2] for call in calls] == [False, True, False]
+    assert calls[-1][3] == ["pretrain_width0.5", "pretrain_width0.5.stale-key 1"]
+    assert record["seconds"] == 50
+    assert (tmp_path / "runs" / "pretrain_width0.5.stale-key 1" / "ckpt").is_dir()
