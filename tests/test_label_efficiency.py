@@ -14,6 +14,7 @@ import sys
 import types
 
 import label_efficiency as study
+import label_efficiency_size as size
 import pytest
 from binary_runs import REPO_ROOT, run_child
 
@@ -695,3 +696,172 @@ def test_an_interrupted_run_resumes_in_its_model_dir_and_adds_up_its_time(tmp_pa
     assert calls[-1][3] == ["pretrain_width0.5", "pretrain_width0.5.stale-key 1"]
     assert record["seconds"] == 50
     assert (tmp_path / "runs" / "pretrain_width0.5.stale-key 1" / "ckpt").is_dir()
+
+
+# -- the report by width --------------------------------------------------------------------
+
+# Top-1 by seed (0, 1, 2) of the groups the targets read, chosen so that the targets' outcomes
+# follow from their definitions: width-0.5 gains +0.04 / +0.04 / +0.03 against +0.01 at 0.125
+# ((a) met); 1% lifted +0.06 and 10% +0.02 per seed ((b) met); 0.86 against 0.8233 with
+# 0.85 > 0.83 ((d) met); the big teacher's student ahead at 1% but tied at 10% on one seed ((e)
+# missed); 0.91 against 0.945 ((f) missed).
+SIZE_TOP_1 = {
+    ("finetune", 0.01, 0.125): [0.80, 0.81, 0.79],
+    ("supervised", 0.01, 0.125): [0.79, 0.80, 0.78],
+    ("finetune", 0.01, 0.5): [0.86, 0.87, 0.85],
+    ("supervised", 0.01, 0.5): [0.82, 0.83, 0.82],
+    ("finetune", 0.1, 0.125): [0.88, 0.88, 0.88],
+    ("finetune", 0.1, 0.5): [0.90, 0.90, 0.90],
+    ("big_to_small", 0.01, 0.25): [0.85, 0.85, 0.85],
+    ("self_distill", 0.01, 0.25): [0.84, 0.84, 0.845],
+    ("big_to_small", 0.1, 0.25): [0.91, 0.91, 0.91],
+    ("self_distill", 0.1, 0.25): [0.905, 0.91, 0.905],
+    ("supervised", 1.0, 0.25): [0.94, 0.945, 0.95],
+}
+SIZE_LINEAR = {0.5: {"0.01": 0.80, "0.1": 0.85, "1": 0.878}}  # (c) missed by 0.002
+
+
+def _size_results(top_1, linear=SIZE_LINEAR, seeds=(0, 1, 2)):
+    return size.SizeResults(
+        seeds=seeds,
+        widths=(0.125, 0.25, 0.5),
+        base_width=0.25,
+        teacher_width=0.5,
+        students=(0.25,),
+        parameters={0.125: 1000, 0.25: 4000, 0.5: 16000},
+        top_1={key: dict(enumerate(values)) for key, values in top_1.items()},
+        linear=linear,
+        knn={},
+        curves={},
+        teachers={},
+    )
+
+
+def _statuses(results):
+    return [status for _, status, _ in size.targets(results)]
+
+
+def test_the_size_targets_are_met_missed_or_pending_by_their_definitions():
+    rows = size.targets(_size_results(SIZE_TOP_1))
+    assert [status for _, status, _ in rows] == ["met", "met", "missed", "met", "missed", "missed"]
+    assert rows[2][2] == "0.8780 (gap -0.0020)"
+    assert rows[5][2].endswith("(gap -0.0350)")
+    assert "difference +0.0267" in rows[0][2] and "difference +0.0400" in rows[1][2]
+    # One more test image per seed for the self-distilled student at 10%: no overlap, met.
+    ahead = {**SIZE_TOP_1, ("self_distill", 0.1, 0.25): [0.905, 0.905, 0.90]}
+    assert _statuses(_size_results(ahead))[4] == "met"
+    # A width-0.125 gain of +0.035 on one seed overlaps width 0.5's +0.03: (a) missed.
+    overlap = {**SIZE_TOP_1, ("supervised", 0.01, 0.125): [0.79, 0.80, 0.755]}
+    assert _statuses(_size_results(overlap))[0] == "missed"
+    # 10% lifted more than 1% by width: (b) missed.
+    flat = {**SIZE_TOP_1, ("finetune", 0.1, 0.5): [0.95, 0.95, 0.95]}
+    assert _statuses(_size_results(flat))[1] == "missed"
+    # +2.67 points at width 0.5: short of the 3 asked, (d) missed.
+    short = {**SIZE_TOP_1, ("supervised", 0.01, 0.5): [0.83, 0.84, 0.83]}
+    assert _statuses(_size_results(short))[3] == "missed"
+    # A missing seed leaves every target that reads it pending, never met.
+    incomplete = {**SIZE_TOP_1, ("finetune", 0.01, 0.5): [0.86, 0.87]}
+    rows = size.targets(_size_results(incomplete))
+    assert [status for _, status, _ in rows] == [
+        "pending",
+        "pending",
+        "missed",
+        "pending",
+        "missed",
+        "missed",
+    ]
+    assert rows[0][2] == "records missing"
+    assert _statuses(_size_results({}, linear={})) == ["pending"] * 6
+
+
+def _simulated_study(settings, top_1):
+    """Records of every run the study plans, grown as the plan grows (sweeps, seeds,
+    students), with ``top_1(run)`` as each run's result; probes and pretrainings get their own
+    fields."""
+    records = {}
+    while missing := [r for r in study.plan(settings, records) if r.name not in records]:
+        for run in missing:
+            extra = {}
+            if run.method == "probe":
+                linear = SIZE_LINEAR.get(run.width, {"0.01": 0.7, "0.1": 0.75, "1": 0.8})
+                extra = {"knn_top_1": 0.8, "linear": linear}
+            if run.method == "pretrain":
+                extra = {
+                    "knn_curve": [
+                        {"epoch": 0.0, "knn_top_1": 0.4},
+                        {"epoch": 60.0, "knn_top_1": 0.8},
+                    ]
+                }
+            records[run.name] = _recorded(run, top_1(run), **extra)
+    return records
+
+
+def _width_rows(table):
+    """The table by width as ``{width: {column: cell}}``."""
+    lines = [line for line in table.splitlines() if line.startswith("| width |")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == len(header) and cells[0].startswith("0."):
+            rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+def _shown(values):
+    """``mean ± std [min, max]`` computed with the statistics module."""
+    return (
+        f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} "
+        f"[{min(values):.4f}, {max(values):.4f}]"
+    )
+
+
+def test_the_report_by_width_is_built_from_the_records_alone(tmp_path):
+    settings = study.StudySettings(
+        run_dir="/study",
+        record_dir=str(tmp_path / "records"),
+        encoder=str(study.RELEASED_ENCODER),
+        seeds=(0, 1, 2),
+    )
+
+    def top_1(run):
+        values = SIZE_TOP_1.get((run.method, run.fraction, run.width))
+        return values[run.seed] if values else 0.5  # every sweep budget ties: 1x is the best
+
+    records = _simulated_study(settings, top_1)
+    assert {study.record_width(r) for r in records.values()} == {0.125, 0.25, 0.5}
+    parameters = {0.125: 1000, 0.25: 4000, 0.5: 16000}
+    results = study.size_results(list(records.values()), settings, parameters)
+    assert _statuses(results) == ["met", "met", "missed", "met", "missed", "missed"]
+    table = size.markdown(results)
+    wide = _width_rows(table)["0.5"]
+    assert wide["encoder parameters"] == "16,000" and wide["linear 100%"] == "0.8780"
+    assert wide["fine-tuned 1%"] == _shown([0.86, 0.87, 0.85])
+    gains = [0.04, 0.04, 0.03]  # paired by seed
+    assert wide["gain 1%"] == (
+        f"+{statistics.mean(gains):.4f} ± {statistics.stdev(gains):.4f} [+0.0300, +0.0400]"
+    )
+    assert wide["supervised 10%"] == wide["gain 10%"] == "-"  # measured at width 0.25 only
+    assert "pending" not in table.split("| target |")[0]
+    big, selfd = _shown([0.91, 0.91, 0.91]), _shown([0.905, 0.91, 0.905])
+    assert f"| 0.25 | 10% | 0.5000 ± 0.0000 [0.5000, 0.5000] | {selfd} | {big} |" in table
+    assert "finetune_width0.5_10pct_x1_seed0" in table  # the teacher named with its top-1
+    # The base width's curve is the release's; the others come from their pretraining records.
+    release = json.loads(
+        (REPO_ROOT / "pretrained" / "fashion_mnist" / "knn_curve.json").read_text()
+    )
+    assert results.curves[0.25] == release["curve"] and len(results.curves[0.5]) == 2
+    size.plot_accuracy(results, str(tmp_path / "by_width.png"))
+    size.plot_knn_curves(results, str(tmp_path / "knn.png"))
+    for name in ("by_width.png", "knn.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    # A missing seed and an unfinished sweep are pending, and no target reads them.
+    del records["finetune_width0.125_1pct_seed2"]
+    del records["supervised_width0.5_1pct_x4_seed0"]
+    results = study.size_results(list(records.values()), settings, parameters)
+    assert _statuses(results) == ["pending", "pending", "missed", "pending", "missed", "missed"]
+    rows = _width_rows(size.markdown(results))
+    assert rows["0.125"]["fine-tuned 1%"] == rows["0.125"]["gain 1%"] == "pending"
+    assert rows["0.5"]["supervised 1%"] == rows["0.5"]["gain 1%"] == "pending"
+    assert rows["0.125"]["fine-tuned 10%"] == _shown([0.88, 0.88, 0.88])  # complete, shown
