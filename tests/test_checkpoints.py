@@ -226,6 +226,9 @@ def test_the_latest_checkpoint_passes_over_one_whose_files_are_gone(model_dir):
         path.unlink()  # the state file still names ckpt-3 as the newest
     assert tf.train.latest_checkpoint(str(ckpt)) is None
     assert checkpoints.latest_checkpoint(str(model_dir)) == str(ckpt / "ckpt-2")
+    assert checkpoints.checkpoint_problem(str(ckpt / "ckpt-3")) == (
+        f"cannot be read (its files are gone: there is no {ckpt / 'ckpt-3'}.index)"
+    )
     assert checkpoints.find_checkpoint(str(model_dir)) == (str(ckpt / "ckpt-2"), str(model_dir))
     assert checkpoints.latest_checkpoint(str(model_dir / "nothing")) is None
 

@@ -1,7 +1,8 @@
 """Auto-resume: a run killed with SIGKILL after its first checkpoint, restarted with the same
 command, reaches the planned final step, and with ``--deterministic`` ends with exactly the
 weights of the uninterrupted run (the restarted input pipeline skips the batches consumed
-before the checkpoint, and the weights start from the same seed)."""
+before the checkpoint, and the weights start from the same seed). Its config.json records the
+restart as a second segment that changed nothing."""
 
 from __future__ import annotations
 
@@ -71,4 +72,9 @@ def _kill_and_restart(tmp_path):
     assert f"resumed from {latest}" in restarted.output
     assert max(checkpoint_steps(model_dir)) == REFERENCE_STEPS
     assert read_json(model_dir / "result.json")["train_mode"] == "pretrain"
+    # config.json records both commands: the first from step 0, the restart from its checkpoint,
+    # changing nothing.
+    segments = read_json(model_dir / "config.json")["segments"]
+    assert [segment["step"] for segment in segments] == [0, int(latest.rsplit("-", 1)[1])]
+    assert segments[1]["changes"] == {}
     return model_dir

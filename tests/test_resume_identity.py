@@ -193,7 +193,7 @@ def test_a_resume_that_changes_the_run_is_refused_before_writing(tmp_path, tmp_p
     model_dir = copy_of_reference(tmp_path_factory, tmp_path / "run")
     before = digests(model_dir)
     changed = ("--train_batch_size=64", "--learning_rate=5", "--image_size=64", "--memory_size=64")
-    finished = run_binary(model_dir, *REFERENCE_FLAGS, *changed)
+    finished = run_binary(model_dir, *RESUME_FLAGS, *changed)  # two steps longer, changed
     assert finished.returncode == 2, finished.tail()
     assert "Traceback" not in finished.output
     for named in (
@@ -371,5 +371,7 @@ def test_a_config_json_that_does_not_parse_is_named_before_writing(model_dir_cas
 def test_eval_falls_back_over_a_checkpoint_whose_files_are_gone(model_dir_cases):
     model_dir, _, finished = model_dir_cases["missing_newest"]
     assert_succeeded(finished)
+    gone = model_dir / "ckpt" / f"ckpt-{REFERENCE_STEPS}"
+    assert f"skipping checkpoint {gone}: it cannot be read (its files are gone" in finished.output
     assert read_json(model_dir / "result.json")["eval"]["global_step"] == 9
     assert checkpoint_steps(model_dir) == [3, 6, 9]

@@ -11,7 +11,9 @@ A checkpoint is *usable* when every one of its tensors can be read and every flo
 variable is finite. Resuming, evaluating and exporting from a model_dir take the newest usable
 checkpoint, naming each newer one they skip and why (a save cut short by a full disk or a kill,
 NaN weights written by an older version); an explicit checkpoint prefix that is not usable is
-refused with the same reason.
+refused with the same reason. A checkpoint the ``checkpoint`` state file names but whose files
+are gone is passed over everywhere (:func:`latest_checkpoint`). A ``config.json`` that cannot be
+read is named with what is wrong (:func:`read_run_config`).
 """
 
 from __future__ import annotations
@@ -520,6 +522,8 @@ def checkpoint_problem(prefix: str) -> str | None:
 
     Reads every tensor once, one at a time.
     """
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return f"cannot be read (its files are gone: there is no {prefix}.index)"
     try:
         reader = tf.train.load_checkpoint(prefix)
         non_finite = [

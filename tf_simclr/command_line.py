@@ -21,6 +21,12 @@ keep the reference implementation's names. A command line becomes a
    taken. A flag counts as typed when its last occurrence, the one whose value absl keeps, is
    on the command line outside any flagfile.
 
+What a resume may change is decided here, field by field (:data:`RUN_IDENTITY`,
+:data:`RUN_ARCHITECTURE`, :data:`RESUME_LENGTH`, :data:`RESUME_FREE`, one set per rule; the
+runner applies them against the run's ``config.json``), and ``--allow_config_change`` names the
+identity settings a resume may change after all (:func:`allowed_changes`, checked by
+:func:`check_run`); :class:`Change` names a changed setting by its flag, with both values.
+
 :func:`describe_config` is what ``tf-simclr --print_config`` prints: the resolved configuration,
 each value not at its default with where it came from. :func:`flags_of` is what a run records in
 ``MODEL_DIR/flags.json``. Nothing here reads absl's global ``flags.FLAGS``: the binary passes it
