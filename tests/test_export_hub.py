@@ -51,8 +51,7 @@ def export_command(*flags: str) -> list[str]:
 # The binary's flags: their names are part of its contract (export/SIGNATURES.md, the README).
 EXPORT_FLAGS = {
     "checkpoint", "config", "memory_network", "ft_proj_selector", "use_ema", "export_dir",
-    "overwrite", "keep_hub_module_max", "include_projection_head", "include_supervised_head",
-    "weight_decay",
+    "overwrite", "include_projection_head", "include_supervised_head", "weight_decay",
 }  # fmt: skip
 # --help as a user asks for it: the installed console script (whose ``__main__`` is not
 # tf_simclr.export_hub) and ``python -m``; -h and -? are --helpshort and --help.

@@ -541,20 +541,34 @@ def test_restore_rejects_other_architectures(trained, tmp_path):
     ("keep", "kept"), [(2, ["2", str(TRAIN_STEPS)]), (0, ["1", "2", str(TRAIN_STEPS)])]
 )
 def test_export_to_model_dir_keeps_newest_modules(trained, tmp_path, keep, kept):
-    """The ``keep_hub_module_max`` newest step folders stay (0: all); other files stay too."""
-    model_dir = tmp_path / "run"
-    shutil.copytree(trained.model_dir, model_dir)
+    """A training run's export keeps the ``keep_hub_module_max`` newest step folders (0: all);
+    other files stay too."""
     for name in ("1", "2", "notes"):
-        (model_dir / "hub" / name).mkdir(parents=True)
-    path = export_hub.export_checkpoint(
-        str(model_dir),
-        keep_hub_module_max=keep,
+        (tmp_path / "hub" / name).mkdir(parents=True)
+    path = export_to_model_dir(
+        trained.model,
+        str(tmp_path),
+        TRAIN_STEPS,
+        keep,
         include_projection_head=False,
         include_supervised_head=False,
     )
-    assert path == str(model_dir / "hub" / str(TRAIN_STEPS))
-    assert sorted(os.listdir(model_dir / "hub")) == sorted([*kept, "notes"])
+    assert path == str(tmp_path / "hub" / str(TRAIN_STEPS))
+    assert sorted(os.listdir(tmp_path / "hub")) == sorted([*kept, "notes"])
     assert sorted(hub.load(path).signatures) == sorted([*BACKBONE, "default"])
+
+
+def test_export_checkpoint_into_its_model_dir_removes_no_module(trained, tmp_path):
+    model_dir = tmp_path / "run"
+    shutil.copytree(trained.model_dir, model_dir)
+    for name in ("1", "2"):
+        (model_dir / "hub" / name).mkdir(parents=True)
+    path = export_hub.export_checkpoint(
+        str(model_dir), include_projection_head=False, include_supervised_head=False
+    )
+    assert path == str(model_dir / "hub" / str(TRAIN_STEPS))
+    assert sorted(os.listdir(model_dir / "hub")) == ["1", "2", str(TRAIN_STEPS)]
+    assert read_module_info(path).written_by == "export"
 
 
 def test_export_binary_turns_checkpoint_prefix_into_module(trained, tmp_path):

@@ -14,11 +14,20 @@ The module implements TF-Hub's *reusable SavedModel* interface, so every consump
   ``images``, float32 ``[None, None, None, 3]`` in [0, 1], which every call checks (a batch
   outside [0, 1] by more than :data:`IMAGE_RANGE_TOLERANCE` fails with "images must be float32
   in [0, 1]");
+* a batch of 0 images gives every endpoint with batch dimension 0 (a one-image batch of zeros
+  goes through the network in inference mode to shape them, and is sliced away);
 * ``model_variables``: the same variables keyed by their object path in the model
   (``encoder.stem.convs.0.conv.kernel``), read back by :func:`load_module_weights`;
 * the asset ``tf_simclr_module.json``: the ``ModelConfig``, the exported parts and endpoints,
-  and, in a module with a supervised head, ``class_names`` (entry i names logit i; empty when the
-  training data had no names), also written one per line to the asset ``classes.txt``.
+  who wrote it (``written_by``: ``"training run"`` or ``"export"``), and, in a module with a
+  supervised head, ``class_names`` (entry i names logit i; empty when the training data had no
+  names), also written one per line to the asset ``classes.txt``.
+
+A module is never written in place: :class:`ExportTarget` locks the target folder, the module
+is saved to a temporary folder beside it and renamed into place, so a reader (or an export killed
+half-way) sees the whole module or none, and two exports into one folder cannot mix. Only a
+training run's own export (:func:`export_to_model_dir`) removes modules, and only older ones
+that training runs wrote.
 
 The module is exported with plain batch norm: a copy of the model with ``global_bn=False`` (and
 float32, nothing frozen) receives the weights, so no cross-replica op or custom gradient of
@@ -30,8 +39,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 
@@ -40,7 +51,7 @@ from absl import logging
 
 from tf_simclr.config import ModelConfig, OptimConfig
 from tf_simclr.logs import SAVE_NOISE, dropped
-from tf_simclr.model_dir import CLASSES_FILENAME, write_class_names
+from tf_simclr.model_dir import CLASSES_FILENAME, FileLock, LockHeldError, write_class_names
 from tf_simclr.models.simclr import SimCLRModel
 from tf_simclr.objectives.weight_decay import weight_decay_loss
 
@@ -50,6 +61,14 @@ DEFAULT_WEIGHT_DECAY = OptimConfig.weight_decay
 METADATA_FILENAME = "tf_simclr_module.json"
 METADATA_FORMAT = "tf-simclr-hub-module"
 METADATA_VERSION = 1
+# Who wrote a module (metadata "written_by"): only a training run's modules are ever pruned.
+WRITTEN_BY_TRAINING = "training run"
+WRITTEN_BY_EXPORT = "export"
+# Beside a target folder NAME: the lock of its exports, the folder a module is written to before
+# it is renamed to NAME, and where a module being replaced waits until the new one is in place.
+LOCK_SUFFIX = ".lock"
+TEMPORARY_INFIX = ".tmp-"
+REPLACED_INFIX = ".old-"
 IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 # What a SavedModel directory holds; an export may replace a directory holding only these.
 SAVED_MODEL_ENTRIES = frozenset(
@@ -82,6 +101,7 @@ class HubModuleInfo:
     weight_decay: float
     step: int | None
     class_names: tuple[str, ...] = ()
+    written_by: str = ""  # WRITTEN_BY_TRAINING or WRITTEN_BY_EXPORT; "" in older modules
 
 
 def export_config(config: ModelConfig) -> ModelConfig:
@@ -180,6 +200,168 @@ def variable_paths(model: SimCLRModel, parts: Iterable[str]) -> dict[str, tf.Var
     return {".".join(path): variable for path, variable in found.items()}
 
 
+class ExportInProgressError(RuntimeError):
+    """Another process is writing a module to the same folder."""
+
+
+def _beside(export_dir: str, suffix: str) -> str:
+    """``.NAME<suffix>`` in the folder that holds ``export_dir`` (whose name is NAME)."""
+    parent, name = os.path.split(os.path.normpath(export_dir))
+    return os.path.join(parent, f".{name}{suffix}")
+
+
+def _is_module(path: str) -> bool:
+    """Whether ``path`` holds a whole SavedModel (its graph is the last file a save writes)."""
+    return any(
+        os.path.isfile(os.path.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt")
+    )
+
+
+class ExportTarget:
+    """One export's hold on the folder ``export_dir`` it writes a module to (local disks only).
+
+    Entering takes the lock ``.NAME.lock`` beside the folder (NAME is the folder's name). When
+    another export holds it, it raises :class:`ExportInProgressError` naming that process, or with
+    ``wait`` logs that it waits for it and waits. Under the lock it cleans what an export killed
+    half-way left, in one warning: ``.NAME.tmp-*`` folders, a NAME without ``saved_model.pb``
+    (parts of a SavedModel only) and ``.NAME.old-*`` folders (one is renamed back to NAME when
+    NAME is missing: a module whose replacement was cut short). Then it checks the folder
+    (:meth:`check`). The module is written to :attr:`temporary` (``.NAME.tmp-<pid>``), then
+    :meth:`commit` checks the folder again and renames the temporary folder to it. Leaving removes
+    an uncommitted temporary folder and releases the lock.
+    """
+
+    def __init__(
+        self,
+        export_dir: str,
+        overwrite: bool = False,
+        *,
+        overwrite_option: str = "overwrite=True",
+        wait: bool = False,
+    ) -> None:
+        self.export_dir = export_dir
+        self.overwrite = overwrite
+        self.overwrite_option = overwrite_option
+        self.wait = wait
+        self.temporary = _beside(export_dir, f"{TEMPORARY_INFIX}{os.getpid()}")
+        self._lock = FileLock(_beside(export_dir, LOCK_SUFFIX))
+
+    def __enter__(self) -> ExportTarget:
+        if "://" in self.export_dir:
+            raise ValueError(
+                f"{self.export_dir}: modules are written to local folders only (they are locked "
+                "and renamed into place); export locally, then copy the folder."
+            )
+        if os.path.isfile(self.export_dir):
+            raise FileExistsError(f"{self.export_dir} is a file; choose a directory to export to.")
+        os.makedirs(os.path.dirname(self._lock.path), exist_ok=True)
+        try:
+            self._lock.acquire()
+        except LockHeldError as error:
+            if not self.wait:
+                raise ExportInProgressError(
+                    f"another export (process id {error.holder}) is writing a module to "
+                    f"{self.export_dir}; wait for it to finish, or choose another export "
+                    "directory."
+                ) from None
+            logging.warning(
+                "waiting for another export (process id %s) to finish writing %s",
+                error.holder,
+                self.export_dir,
+            )
+            self._lock.acquire(wait=True)
+        try:
+            self._clean_leftovers()
+            self.check()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        shutil.rmtree(self.temporary, ignore_errors=True)
+        self._lock.release()
+
+    def _clean_leftovers(self) -> None:
+        """Remove (or put back) what exports killed half-way left; one warning for all of it."""
+        cleaned = self._beside_all(TEMPORARY_INFIX)
+        for folder in cleaned:
+            shutil.rmtree(folder)
+        if os.path.isdir(self.export_dir) and not _is_module(self.export_dir):
+            entries = os.listdir(self.export_dir)
+            if entries and set(entries) <= SAVED_MODEL_ENTRIES:
+                shutil.rmtree(self.export_dir)
+                cleaned.append(f"{self.export_dir} (no saved_model.pb)")
+        restored = None
+        for folder in self._beside_all(REPLACED_INFIX):
+            if restored is None and not os.path.exists(self.export_dir) and _is_module(folder):
+                os.rename(folder, self.export_dir)
+                restored = folder
+            else:
+                shutil.rmtree(folder)
+                cleaned.append(folder)
+        if cleaned:
+            logging.warning(
+                "removed what an interrupted export to %s left: %s",
+                self.export_dir,
+                ", ".join(cleaned),
+            )
+        if restored:
+            logging.warning(
+                "put back %s as %s: its replacement by another module was interrupted",
+                restored,
+                self.export_dir,
+            )
+
+    def _beside_all(self, infix: str) -> list[str]:
+        """Every ``.NAME<infix>*`` folder beside the target, sorted."""
+        return sorted(glob.glob(glob.escape(_beside(self.export_dir, infix)) + "*"))
+
+    def check(self) -> bool:
+        """Whether the export replaces a module in the folder (call it under the lock).
+
+        A missing or empty folder is fine. One that holds a SavedModel and nothing else is
+        replaced with ``overwrite`` and refused without it; one that holds anything else is
+        always refused, so that ``overwrite`` never deletes unrelated files. The
+        ``FileExistsError`` names ``overwrite_option`` (the binary's ``--overwrite``).
+        """
+        path = self.export_dir
+        if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} is a file; choose a directory to export to.")
+            return False
+        entries = sorted(os.listdir(path))
+        if not entries:
+            return False
+        others = [name for name in entries if name not in SAVED_MODEL_ENTRIES]
+        if others:
+            listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+            raise FileExistsError(
+                f"{path} holds files that are not part of a SavedModel ({listed}); export into a "
+                f"new or empty directory ({self.overwrite_option} only replaces a previous "
+                "module)."
+            )
+        if not self.overwrite:
+            raise FileExistsError(
+                f"{path} holds a SavedModel already; pass {self.overwrite_option} to replace it, "
+                "or choose another export directory."
+            )
+        return True
+
+    def commit(self) -> None:
+        """Check the folder again, then rename :attr:`temporary` to it (a module it holds is
+        moved to ``.NAME.old-<pid>`` first, and deleted once the new one is in place)."""
+        if not self._lock.held:
+            raise RuntimeError(f"commit of {self.export_dir} outside its lock")
+        if self.check():
+            replaced = _beside(self.export_dir, f"{REPLACED_INFIX}{os.getpid()}")
+            os.rename(self.export_dir, replaced)
+            os.rename(self.temporary, self.export_dir)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(self.temporary, self.export_dir)  # a missing or empty folder
+
+
 def save_hub_module(
     model: SimCLRModel,
     export_dir: str,
@@ -190,14 +372,41 @@ def save_hub_module(
     step: int | None = None,
     overwrite: bool = False,
     class_names: Iterable[str] = (),
+    wait: bool = False,
 ) -> str:
     """Write ``model`` (built, under any strategy) as a TF-Hub module to ``export_dir``.
 
     ``weight_decay`` is the coefficient of the module's regularization loss. ``class_names``
     (one per logit, or none) travel with a module that has the supervised head. Refuses to write
     into an existing non-empty directory unless it holds a previous module and ``overwrite`` is
-    set, which replaces it (see :func:`check_export_dir`). Returns ``export_dir``.
+    set, which replaces it, and while another export writes there unless ``wait`` (see
+    :class:`ExportTarget`). Returns ``export_dir``.
     """
+    with ExportTarget(export_dir, overwrite, wait=wait) as target:
+        return write_hub_module(
+            model,
+            target,
+            include_projection_head=include_projection_head,
+            include_supervised_head=include_supervised_head,
+            weight_decay=weight_decay,
+            step=step,
+            class_names=class_names,
+        )
+
+
+def write_hub_module(
+    model: SimCLRModel,
+    target: ExportTarget,
+    *,
+    include_projection_head: bool = True,
+    include_supervised_head: bool = True,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    step: int | None = None,
+    class_names: Iterable[str] = (),
+    written_by: str = WRITTEN_BY_EXPORT,
+) -> str:
+    """:func:`save_hub_module` into an entered :class:`ExportTarget` (held, for instance, while
+    the weights are read); ``written_by`` goes into the metadata. Returns the module's folder."""
     if weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay} must be >= 0 (0 disables weight decay).")
     if not model.built:
@@ -205,8 +414,6 @@ def save_hub_module(
             "the model has no variables yet; build it first (model.build_for_size(...)) "
             "or restore a checkpoint into a built model."
         )
-    if check_export_dir(export_dir, overwrite):
-        tf.io.gfile.rmtree(export_dir)
     parts = module_parts(model.config, include_projection_head, include_supervised_head)
     names = list(class_names) if "supervised_head" in parts else []
     if names and len(names) != model.config.num_classes:
@@ -229,6 +436,7 @@ def save_hub_module(
         "weight_decay": weight_decay,
         "step": step,
         "class_names": names,
+        "written_by": written_by,
     }
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = os.path.join(scratch, METADATA_FILENAME)
@@ -239,57 +447,27 @@ def save_hub_module(
             write_class_names(scratch, names)
             root.class_names = tf.saved_model.Asset(os.path.join(scratch, CLASSES_FILENAME))
         with dropped(SAVE_NOISE):
-            tf.saved_model.save(root, export_dir, signatures=signatures)
+            tf.saved_model.save(root, target.temporary, signatures=signatures)
+    size = _folder_bytes(target.temporary)
+    target.commit()
     logging.info(
         "exported hub module to %s (%s; %d variables, %d signatures, %.1f MB)",
-        export_dir,
+        target.export_dir,
         ", ".join(parts),
         len(root.variables),
         len(signatures),
-        _folder_bytes(export_dir) / 1e6,
+        size / 1e6,
     )
-    return export_dir
+    return target.export_dir
 
 
 def _folder_bytes(path: str) -> int:
     """Total size of the files under ``path``."""
     return sum(
-        tf.io.gfile.stat(os.path.join(folder, name)).length
-        for folder, _, names in tf.io.gfile.walk(path)
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(path)
         for name in names
     )
-
-
-def check_export_dir(
-    export_dir: str, overwrite: bool, overwrite_option: str = "overwrite=True"
-) -> bool:
-    """Whether exporting to ``export_dir`` first removes a previous module there.
-
-    A missing or empty directory is fine. One that holds a SavedModel (or part of one, from an
-    export cut short) and nothing else is replaced with ``overwrite`` and refused without it; one
-    that holds anything else is always refused, so that ``overwrite`` never deletes unrelated
-    files. The ``FileExistsError`` names ``overwrite_option`` (the binary's ``--overwrite``).
-    """
-    if not tf.io.gfile.isdir(export_dir):
-        if tf.io.gfile.exists(export_dir):
-            raise FileExistsError(f"{export_dir} is a file; choose a directory to export to.")
-        return False
-    entries = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
-    if not entries:
-        return False
-    others = [name for name in entries if name not in SAVED_MODEL_ENTRIES]
-    if others:
-        listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-        raise FileExistsError(
-            f"{export_dir} holds files that are not part of a SavedModel ({listed}); export "
-            f"into a new or empty directory ({overwrite_option} only replaces a previous module)."
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"{export_dir} holds a SavedModel already; pass {overwrite_option} to replace it, "
-            "or choose another export directory."
-        )
-    return True
 
 
 def export_to_model_dir(
@@ -303,27 +481,75 @@ def export_to_model_dir(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     class_names: Iterable[str] = (),
 ) -> str:
-    """Export ``model`` to ``model_dir/hub/<step>/`` and keep the ``keep_hub_module_max`` newest.
+    """A training run's export: ``model`` to ``model_dir/hub/<step>/``, then the run's older
+    modules pruned to the ``keep_hub_module_max`` newest (:func:`prune_modules`).
 
-    Called at the end of every phase. An existing module of the same step is replaced;
-    ``keep_hub_module_max <= 0`` keeps every module. Returns the module's path. Under
-    ``MultiWorkerMirroredStrategy`` reading synchronised variables is collective: call it on every
-    worker, with a scratch ``model_dir`` on the non-chief ones.
+    Called at the end of every phase. An existing module of the same step is replaced; while
+    another export writes that folder, this one waits for it (a run must not fail at its end).
+    Returns the module's path. Under ``MultiWorkerMirroredStrategy`` reading synchronised
+    variables is collective: call it on every worker, with a scratch ``model_dir`` on the
+    non-chief ones.
     """
     hub_dir = os.path.join(model_dir, "hub")
     export_dir = os.path.join(hub_dir, str(int(step)))
-    save_hub_module(
-        model,
-        export_dir,
-        include_projection_head=include_projection_head,
-        include_supervised_head=include_supervised_head,
-        weight_decay=weight_decay,
-        step=int(step),
-        overwrite=True,
-        class_names=class_names,
-    )
-    _prune_old_modules(hub_dir, keep_hub_module_max)
+    with ExportTarget(export_dir, overwrite=True, wait=True) as target:
+        write_hub_module(
+            model,
+            target,
+            include_projection_head=include_projection_head,
+            include_supervised_head=include_supervised_head,
+            weight_decay=weight_decay,
+            step=int(step),
+            class_names=class_names,
+            written_by=WRITTEN_BY_TRAINING,
+        )
+    prune_modules(hub_dir, keep_hub_module_max, int(step))
     return export_dir
+
+
+def prune_modules(hub_dir: str, keep_hub_module_max: int, written_step: int) -> list[str]:
+    """Delete the modules of ``hub_dir/<step>`` that training runs wrote, but the
+    ``keep_hub_module_max`` newest of them (<= 0 keeps all); returns the deleted folders.
+
+    Never deletes the module of ``written_step`` (the one just written) or a newer one, a module
+    that ``tf-simclr-export`` wrote, or one that an export is writing (its lock is held).
+    """
+    if keep_hub_module_max <= 0:
+        return []
+    steps = sorted(
+        int(name)
+        for name in os.listdir(hub_dir)
+        if name.isdigit() and _written_by(os.path.join(hub_dir, name)) != WRITTEN_BY_EXPORT
+    )
+    removed = []
+    for step in steps[:-keep_hub_module_max]:
+        if step >= written_step:
+            continue
+        folder = os.path.join(hub_dir, str(step))
+        lock = FileLock(_beside(folder, LOCK_SUFFIX))
+        try:
+            lock.acquire()
+        except LockHeldError as error:
+            logging.info("kept %s: process id %s is writing it", folder, error.holder)
+            continue
+        try:
+            shutil.rmtree(folder)
+        finally:
+            lock.release()
+        removed.append(folder)
+        logging.info(
+            "removed the older module %s (keep_hub_module_max=%d)", folder, keep_hub_module_max
+        )
+    return removed
+
+
+def _written_by(folder: str) -> str:
+    """``written_by`` of the module in ``folder``; "" for older modules and other folders."""
+    try:
+        with open(os.path.join(folder, "assets", METADATA_FILENAME), encoding="utf-8") as handle:
+            return str(json.load(handle).get("written_by", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def read_module_info(path: str) -> HubModuleInfo:
@@ -354,6 +580,7 @@ def read_module_info(path: str) -> HubModuleInfo:
         weight_decay=float(metadata["weight_decay"]),
         step=metadata["step"],
         class_names=tuple(metadata.get("class_names", ())),
+        written_by=metadata.get("written_by", ""),
     )
 
 
@@ -404,7 +631,12 @@ def _build_module(
 
     @tf.function(autograph=False)
     def call(images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        return plain.endpoints(checked_images(images), training=training, parts=parts)
+        images = checked_images(images)
+        return tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: plain.endpoints(images, training=training, parts=parts),
+            lambda: _empty_endpoints(plain, images, parts),
+        )
 
     call.get_concrete_function(IMAGE_SPEC, training=True)
     call.get_concrete_function(IMAGE_SPEC, training=False)
@@ -422,6 +654,19 @@ def _build_module(
     root.regularization_losses = [regularization_loss]
     root.model_variables = variable_paths(plain, parts)
     return root
+
+
+def _empty_endpoints(
+    plain: SimCLRModel, images: tf.Tensor, parts: tuple[str, ...]
+) -> dict[str, tf.Tensor]:
+    """The endpoints of an empty batch: batch dimension 0, the other dimensions those of a
+    batch of ``images``'s height and width. Convolutions given no images fail with errors about
+    channel counts; one image of zeros through the network in inference mode (so no batch-norm
+    statistic moves) gives the shapes. No gradient goes through it: there is nothing to learn
+    from no images (and oneDNN's gradients of a one-image batch corrupt memory in TF 2.21)."""
+    one = tf.zeros(tf.concat([[1], tf.shape(images)[1:]], axis=0), images.dtype)
+    outputs = plain.endpoints(one, training=False, parts=parts)
+    return {name: tf.stop_gradient(value[:0]) for name, value in outputs.items()}
 
 
 def checked_images(images: tf.Tensor) -> tf.Tensor:
@@ -455,15 +700,3 @@ def _signature(
         return {name: call(images, training=False)[endpoint]}
 
     return signature
-
-
-def _prune_old_modules(hub_dir: str, keep_hub_module_max: int) -> None:
-    """Delete all but the ``keep_hub_module_max`` newest ``hub_dir/<step>`` modules."""
-    if keep_hub_module_max <= 0:
-        return
-    steps = sorted(
-        int(name.rstrip("/")) for name in tf.io.gfile.listdir(hub_dir) if name.rstrip("/").isdigit()
-    )
-    for step in steps[:-keep_hub_module_max]:
-        tf.io.gfile.rmtree(os.path.join(hub_dir, str(step)))
-        logging.debug("Removed old TF-Hub module %s", os.path.join(hub_dir, str(step)))

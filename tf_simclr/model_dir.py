@@ -1,10 +1,12 @@
 """What keeps a model_dir whole: one training run at a time, JSON files written atomically, and
 the recognition of a full disk.
 
-* :class:`ModelDirLock` is an OS file lock (``fcntl.flock``) on ``MODEL_DIR/.lock``. The kernel
-  releases it when its process ends, however it ends (SIGKILL included), so a crashed run never
-  blocks the next one. The file holds the holder's process id, for the message a second run
-  prints; a run that exits normally removes it.
+* :class:`FileLock` is an OS file lock (``fcntl.flock``). The kernel releases it when its
+  process ends, however it ends (SIGKILL included), so a crashed process never blocks the next
+  one. The file holds the holder's process id, for the message of a process it keeps out; a
+  holder that exits normally removes it. :class:`ModelDirLock` is the one on ``MODEL_DIR/.lock``
+  (one training run per model_dir); the module exports of :mod:`tf_simclr.hub` lock their target
+  folders with it too.
 * :func:`write_json_atomically` and :func:`write_text_atomically` write a temporary file in the
   same folder and rename it over the target, so a reader (or a run killed mid-write) sees the old
   file or the new one, never half of one.
@@ -29,43 +31,48 @@ DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
 _FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
+class LockHeldError(RuntimeError):
+    """Another process (or another :class:`FileLock` of this process) holds the lock."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(f"{path} is held by process id {holder}")
+        self.path = path
+        self.holder = holder
+
+
 class ModelDirInUseError(RuntimeError):
     """Another process holds the model_dir's lock."""
 
 
-class ModelDirLock:
-    """An exclusive, non-blocking lock of one model_dir by one training run.
+class FileLock:
+    """An exclusive lock (``fcntl.flock``) of the file at ``path``, which holds the holder's
+    process id (for the messages of the processes it keeps out).
 
-    ``acquire()`` raises :class:`ModelDirInUseError` naming the model_dir and the holder's process
-    id when another process (or another lock object of this process) holds it; it does nothing
-    when this object holds it already. ``release()`` removes the lock file and unlocks.
+    ``acquire()`` raises :class:`LockHeldError` when another process (or another lock object of
+    this process) holds it, or with ``wait=True`` blocks until it is free; it does nothing when
+    this object holds it already. ``release()`` removes the file and unlocks.
     """
 
-    def __init__(self, model_dir: str) -> None:
-        self.model_dir = model_dir
-        self.path = os.path.join(model_dir, LOCK_FILENAME)
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._fd: int | None = None
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> None:
-        """Take the lock (the model_dir must exist) and write this process's id into it."""
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock (its folder must exist) and write this process's id into it."""
         if self._fd is not None:
             return
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 64).decode("ascii", errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ModelDirInUseError(
-                    f"{self.model_dir} is in use by another tf-simclr run (process id {holder}); "
-                    "wait for it to finish, or pass another --model_dir. (--mode=eval may read "
-                    "a model_dir while it trains.)"
-                ) from None
+                raise LockHeldError(self.path, holder) from None
             # The previous holder removes the file when it releases: if it did so between our
             # open and our flock, the lock we hold is on a file nobody else will open. Retry.
             if _same_file(fd, self.path):
@@ -83,6 +90,49 @@ class ModelDirLock:
             os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class ModelDirLock:
+    """An exclusive, non-blocking :class:`FileLock` of one model_dir by one training run.
+
+    ``acquire()`` raises :class:`ModelDirInUseError` naming the model_dir and the holder's process
+    id when another process (or another lock object of this process) holds it; it does nothing
+    when this object holds it already. ``release()`` removes the lock file and unlocks.
+    """
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self._lock = FileLock(os.path.join(model_dir, LOCK_FILENAME))
+
+    @property
+    def path(self) -> str:
+        return self._lock.path
+
+    @property
+    def held(self) -> bool:
+        return self._lock.held
+
+    def acquire(self) -> None:
+        """Take the lock (the model_dir must exist)."""
+        try:
+            self._lock.acquire()
+        except LockHeldError as error:
+            raise ModelDirInUseError(
+                f"{self.model_dir} is in use by another tf-simclr run (process id "
+                f"{error.holder}); wait for it to finish, or pass another --model_dir. "
+                "(--mode=eval may read a model_dir while it trains.)"
+            ) from None
+
+    def release(self) -> None:
+        """Remove the lock file and unlock."""
+        self._lock.release()
 
     def __enter__(self) -> ModelDirLock:
         self.acquire()
