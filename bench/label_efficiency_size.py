@@ -328,7 +328,8 @@ def plot_accuracy(results: SizeResults, path: str) -> None:
         axes.set_ylabel("top-1 accuracy (test images)")
         axes.set_title(title)
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="lower right")
+        if axes.get_legend_handles_labels()[0]:  # nothing recorded yet: no legend
+            axes.legend(fontsize=7, loc="lower right")
     figure.suptitle("Fashion-MNIST, ResNet-18: label efficiency by encoder size")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -356,7 +357,8 @@ def plot_knn_curves(results: SizeResults, path: str) -> None:
     axes.set_ylabel("weighted kNN top-1 (k=200, t=0.1)")
     axes.set_title("SimCLRv2 pretraining on Fashion-MNIST by width: kNN monitor")
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)

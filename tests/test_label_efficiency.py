@@ -865,3 +865,82 @@ def test_the_report_by_width_is_built_from_the_records_alone(tmp_path):
     assert rows["0.125"]["fine-tuned 1%"] == rows["0.125"]["gain 1%"] == "pending"
     assert rows["0.5"]["supervised 1%"] == rows["0.5"]["gain 1%"] == "pending"
     assert rows["0.125"]["fine-tuned 10%"] == _shown([0.88, 0.88, 0.88])  # complete, shown
+
+
+@pytest.mark.long
+@pytest.mark.slow
+def test_tiny_ladder_distils_the_big_teacher_into_the_small_student(tmp_path):
+    """The width ladder through the real binary, two steps per run on synthetic images: the
+    study pretrains a width-0.5 encoder, fine-tunes it on 1% and 10% (the teachers), and each
+    teacher distils into a width-0.25 student that starts from the released encoder. A rerun
+    skips all of it; --report_only rebuilds the report by width from the records."""
+    records_dir, run_dir = tmp_path / "records", tmp_path / "runs"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "bench" / "label_efficiency.py"),
+        f"--run_dir={run_dir}",
+        f"--record_dir={records_dir}",
+        f"--encoder={study.RELEASED_ENCODER}",
+        "--seeds=0",
+        "--budget_multipliers=1",
+        "--max_budget_multiplier=1",
+        "--widths=0.25,0.5",
+        f"--extra_flags={TINY}",
+        "--only=pretrain_width0.5,finetune_width0.5_*,big_to_small_*",
+        f"--table={tmp_path / 'table.md'}",
+        f"--plot={tmp_path / 'plot.png'}",
+    ]
+    output = run_child(command, check=True).stdout
+    records = {path.stem: json.loads(path.read_text()) for path in records_dir.glob("*_*.json")}
+    teachers = {"finetune_width0.5_1pct_x1_seed0", "finetune_width0.5_10pct_x1_seed0"}
+    students = {"big_to_small_1pct_seed0", "big_to_small_10pct_seed0"}
+    assert set(records) == {"pretrain_width0.5", *teachers, *students}
+    assert output.count("\n=== ") == len(records)
+    assert {name: r["width"] for name, r in records.items()} == {
+        name: 0.25 if name in students else 0.5 for name in records
+    }
+    # The encoder and the teachers are installed with the records; each run trained its width.
+    modules = records_dir / "modules"
+    assert sorted(p.name for p in modules.iterdir()) == sorted({"pretrain_width0.5", *teachers})
+    for name, record in records.items():
+        config = json.loads((run_dir / name / "config.json").read_text())
+        assert config["model"]["width_multiplier"] == record["width"]
+    for name in teachers:
+        assert f"--checkpoint={modules / 'pretrain_width0.5'}" in records[name]["flags"]
+    for name in students:
+        student = records[name]
+        assert student["teacher"] in teachers
+        assert f"--teacher={modules / student['teacher']}" in student["flags"]
+        assert f"--checkpoint={study.RELEASED_ENCODER}" in student["flags"]
+        assert 0.0 <= student["top_1"] <= 1.0
+    pretrain = records["pretrain_width0.5"]
+    assert pretrain["knn_curve"][0]["step"] == 0 and len(pretrain["knn_curve"]) >= 2
+    marker = json.loads((run_dir / "pretrain_width0.5" / study.RUN_MARKER).read_text())
+    assert marker["inputs"] == pretrain["inputs"]
+
+    # What is recorded is current: a rerun would skip it all.
+    settings = study.StudySettings(
+        run_dir=str(run_dir),
+        record_dir=str(records_dir),
+        encoder=str(study.RELEASED_ENCODER),
+        seeds=(0,),
+        budget_multipliers=(1,),
+        max_budget_multiplier=1,
+        extra_flags=tuple(TINY.split()),
+        widths=(0.25, 0.5),
+    )
+    done, pending = study.current_records(settings, study.encoder_fingerprint(settings))
+    assert {record["name"] for record in done} == set(records)
+    assert not set(records) & {run.name for run in pending}
+    by_width = (records_dir / "by_width.md").read_text()
+    distilled = f"{records['big_to_small_10pct_seed0']['top_1']:.4f}"
+    assert f"| 0.25 | 10% | pending | pending | {distilled} |" in by_width
+    assert by_width.count("| pending | records missing |") == 6  # no target without records
+
+    # --report_only rebuilds the same report by width from the records alone.
+    (records_dir / "by_width.md").unlink()
+    report = run_child([*command, "--report_only"], check=True).stdout
+    assert "\n=== " not in report
+    assert (records_dir / "by_width.md").read_text() == by_width
+    for name in ("by_width.png", "knn_by_width.png"):
+        assert (records_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
