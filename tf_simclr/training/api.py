@@ -111,8 +111,10 @@ class Plan:
 def train(config: RunConfig) -> dict:
     """Run one phase (``config.train.mode``: train, eval or train_then_eval) and return its
     result, the dictionary recorded in ``MODEL_DIR/result.json``: ``train_mode``, and a
-    ``train`` section (the last logged scalars and ``global_step``) and an ``eval`` section
-    (top-1 / top-5, kNN for pretraining, ``num_examples``, ``global_step``) as the mode asks.
+    ``train`` section (the last logged scalars and ``global_step``; ``global_step`` alone when
+    the command that trained the last steps was killed before recording them) and an ``eval``
+    section (top-1 / top-5, kNN for pretraining, ``num_examples``, ``global_step``) as the mode
+    asks.
     A training run also writes ``config.json`` (with its segments) and ``flags.json``
     (:func:`flags_of`); see the module docstring for what a resume may change and for the
     exceptions."""

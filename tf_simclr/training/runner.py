@@ -183,6 +183,7 @@ class PhaseRunner:
 
     @property
     def config_path(self) -> str:
+        """The model_dir's ``config.json``."""
         return os.path.join(self.config.train.model_dir, checkpoints.CONFIG_FILENAME)
 
     @functools.cached_property
@@ -214,10 +215,9 @@ class PhaseRunner:
         :data:`~tf_simclr.command_line.RESUME_LENGTH`) is refused with each flag and both values.
         Then the checkpoint it resumes (or, for ``mode=eval``, the newest one) must hold the
         variables of the model ``config.json`` and the command describe, shape for shape."""
-        if self._permitted is not None:
+        if self._permitted is not None:  # checked already
             return
-        train = self.config.train
-        self._permitted = []
+        train, permitted = self.config.train, []
         if train.mode == "eval":  # --checkpoint evaluated as it is is checked when restored
             prefix = None
             if not checkpoints.evaluates_source(train):
@@ -225,9 +225,10 @@ class PhaseRunner:
         else:
             prefix = self.resume_point
             if self.saved_config is not None:
-                self._permitted = self._check_same_run(self.saved_config, prefix)
+                permitted = self._check_same_run(self.saved_config, prefix)
         if prefix is not None:
             self._check_checkpoint(prefix)
+        self._permitted = permitted
 
     def _check_same_run(self, saved: dict, prefix: str) -> list[str]:
         """Refuse what :meth:`check_model_dir` refuses of a resume from ``prefix`` of the run
