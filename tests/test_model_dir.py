@@ -1,4 +1,5 @@
-"""tf_simclr.model_dir: the one-run lock of a model_dir, atomic JSON files, disk-full errors."""
+"""tf_simclr.model_dir: the one-run lock of a model_dir (and the file lock under it, which
+module exports share), atomic JSON files, disk-full errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -15,6 +17,8 @@ from binary_runs import finish, start
 
 from tf_simclr.model_dir import (
     LOCK_FILENAME,
+    FileLock,
+    LockHeldError,
     ModelDirInUseError,
     ModelDirLock,
     first_line,
@@ -62,6 +66,33 @@ def test_the_lock_dies_with_its_holder(tmp_path):
     assert lock_file.exists(), "a killed holder cannot remove its lock file"
     with ModelDirLock(str(tmp_path)):  # but the kernel released its lock
         assert lock_file.read_text().strip() == str(os.getpid())
+
+
+def test_a_waiting_file_lock_takes_over_when_its_holder_dies(tmp_path):
+    holder = start([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], tmp_path / "holder.log")
+    lock_file = tmp_path / LOCK_FILENAME
+    waiting = FileLock(str(lock_file))
+    thread = threading.Thread(target=waiting.acquire, kwargs={"wait": True})
+    try:
+        while holder.poll() is None and not (
+            lock_file.exists() and lock_file.read_text().strip() == str(holder.pid)
+        ):
+            time.sleep(0.05)
+        with pytest.raises(LockHeldError) as refused:
+            FileLock(str(lock_file)).acquire()
+        assert refused.value.holder == str(holder.pid)
+        assert refused.value.path == str(lock_file)
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive() and not waiting.held, "took a lock that another process holds"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+    thread.join()
+    assert finish(holder).returncode == -signal.SIGKILL
+    assert waiting.held
+    assert lock_file.read_text().strip() == str(os.getpid())
+    waiting.release()
+    assert not lock_file.exists()
 
 
 def test_json_is_replaced_whole_or_not_at_all(tmp_path):
