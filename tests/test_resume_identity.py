@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -375,3 +376,40 @@ def test_eval_falls_back_over_a_checkpoint_whose_files_are_gone(model_dir_cases)
     assert f"skipping checkpoint {gone}: it cannot be read (its files are gone" in finished.output
     assert read_json(model_dir / "result.json")["eval"]["global_step"] == 9
     assert checkpoint_steps(model_dir) == [3, 6, 9]
+
+
+def test_a_resume_may_lengthen_the_run_but_shortens_it_only_when_allowed(
+    trained, tmp_path, monkeypatch, caplog
+):
+    model_dir = tmp_path / "run"
+    shutil.copytree(trained, model_dir)
+
+    def stopped_at_step_2(*args, **kwargs):
+        raise loop.TrainingInterruptedError("SIGTERM", 2, str(model_dir / "ckpt" / "ckpt-2"))
+
+    def command(*flags: str):
+        return tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}", *flags])
+
+    with monkeypatch.context() as patched:  # lengthened to 6 steps, stopped at step 2
+        patched.setattr(loop, "train", stopped_at_step_2)
+        with pytest.raises(loop.TrainingInterruptedError):
+            tf_simclr.train(command("--train_steps=6"))
+    before = digests(model_dir)
+    for flags, named in (
+        (("--train_steps=1",), "ends the run at step 1, before step 2, which it has reached"),
+        (("--train_steps=1", "--allow_config_change=train_steps"), "before step 2"),
+        (("--train_steps=3",), "shortens the run from 6 to 3 steps"),
+    ):
+        with pytest.raises(tf_simclr.InvalidConfigError, match=named):
+            tf_simclr.train(command(*flags))
+    assert digests(model_dir) == before
+    caplog.set_level(logging.WARNING, logger="tf_simclr")
+    result = tf_simclr.train(command("--train_steps=3", "--allow_config_change=train_steps"))
+    assert result["train"]["global_step"] == 3
+    assert (
+        "--train_steps=3 (config.json: 6): the run now ends at step 3 instead of 6, as "
+        "--allow_config_change allows" in caplog.text
+    )
+    segments = read_json(model_dir / "config.json")["segments"]
+    assert [segment["step"] for segment in segments] == [0, 2, 2]
+    assert segments[2]["changes"]["train.train_steps"] == {"from": 6, "to": 3}

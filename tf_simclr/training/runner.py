@@ -284,9 +284,10 @@ class PhaseRunner:
             for change in changes
             if change.key in RUN_IDENTITY
         ]
-        if self.total_steps != saved_total:
+        if self.total_steps < saved_total:  # a longer run is the start line's news
             permitted.append(
-                f"{steps}the run now trains to step {self.total_steps} instead of {saved_total}"
+                f"{steps}the run now ends at step {self.total_steps} instead of {saved_total}, "
+                "as --allow_config_change allows"
             )
         return permitted
 
