@@ -45,8 +45,9 @@ names (``finetune_1pct_x1_seed0``); the others carry their width
 (``finetune_width0.5_1pct_x1_seed0``, ``pretrain_width0.5``; ``big_to_small_1pct_seed0`` is the
 width-0.25 student of the big teacher). Scratch model_dirs go to ``run_dir``, one per run name:
 an interrupted run resumes from its own checkpoints, and one left there by other inputs is moved
-aside. At the end: ``results.json``, Markdown tables with every target marked met, missed or
-pending, and PNG plots.
+aside. At the end, in ``record_dir``: ``results.json`` (every current record), the width-0.25
+study's ``label_efficiency.md`` and ``.png``, and the ladder's ``by_width.md`` (every target
+marked met, missed or pending), ``by_width.png`` and ``knn_by_width.png``.
 
     .venv/bin/python bench/label_efficiency.py                     # the whole study, resumable
     .venv/bin/python bench/label_efficiency.py --seeds=0 --extra_flags="--train_steps=2"
@@ -95,8 +96,12 @@ METHODS = {
     "distill_small": f"SimCLRv2 distilled into width {STUDENT_WIDTH} (labels mixed in)",
 }
 # The width of the network each row of the width-0.25 table trains.
-METHOD_WIDTHS = {"supervised": BASE_WIDTH, "finetune": BASE_WIDTH, "self_distill": BASE_WIDTH}
-METHOD_WIDTHS["distill_small"] = STUDENT_WIDTH
+METHOD_WIDTHS = {
+    "supervised": BASE_WIDTH,
+    "finetune": BASE_WIDTH,
+    "self_distill": BASE_WIDTH,
+    "distill_small": STUDENT_WIDTH,
+}
 BIG_TO_SMALL = "big_to_small"
 PROBE_LABELS = {
     "pixels": "raw pixels",
@@ -645,7 +650,10 @@ def install_modules(settings: StudySettings, records: dict[str, dict]) -> None:
                 f"{hub_dir}; delete {name}.json from {settings.record_dir} to rerun it"
             )
         newest = max(os.listdir(hub_dir), key=int)
-        shutil.copytree(os.path.join(hub_dir, newest), destination)
+        partial = f"{destination}.partial"  # an interrupted copy is never taken for a module
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(os.path.join(hub_dir, newest), partial)
+        os.replace(partial, destination)
     for name, former in sweeps.items():
         for other in os.listdir(modules):
             if other.startswith(former) and other != name:
