@@ -695,9 +695,14 @@ def test_non_finite_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, tm
     before = _file_digests(model_dir / "ckpt")
     # Four more steps with an absurd learning rate: step 13 starts from the good step-12
     # weights and blows them up, step 14's loss is no longer finite; the next checkpoint
-    # would have been step 15.
+    # would have been step 15. The change of learning rate is deliberate (a resume refuses it
+    # otherwise).
     finished = run_binary(
-        model_dir, *REFERENCE_FLAGS, f"--train_steps={REFERENCE_STEPS + 4}", "--learning_rate=1e30"
+        model_dir,
+        *REFERENCE_FLAGS,
+        f"--train_steps={REFERENCE_STEPS + 4}",
+        "--learning_rate=1e30",
+        "--allow_config_change=learning_rate",
     )
     assert finished.returncode == 3, finished.tail()
     assert "non-finite loss at step" in finished.output
