@@ -18,7 +18,8 @@ Every module is written to a temporary folder ``.NAME.tmp-<pid>`` beside its fol
 renamed into place, under a lock (the file ``.NAME.lock`` beside it): a reader, or an export
 killed half-way, never sees part of a module. A second export into a folder that an export is
 writing is refused (status 2) with a message naming the other process. What a killed export
-left (a ``.NAME.tmp-*`` folder, a NAME without ``saved_model.pb``) is removed, in one warning.
+left (a ``.NAME.tmp-*`` folder, a NAME without ``saved_model.pb``) is removed, in one warning; a
+module whose replacement was cut short (``.NAME.old-*``, NAME missing) is put back.
 
 A model_dir may be exported while it trains: its newest usable checkpoint is read, and when the
 run removes it while it is being read (``--keep_checkpoint_max``), the newest one is read
@@ -38,8 +39,9 @@ before the checkpoint is restored, with a message naming the checkpoint or direc
 makes), a checkpoint that cannot be read or holds NaN (from a model_dir, the newest usable one is
 exported instead, with a warning), another architecture, a target folder that is not empty
 (``--overwrite`` replaces a previous module there, nothing else; without ``--export_dir`` that is
-``MODEL_DIR/hub/<step>``), one that another export is writing, and a remote (``gs://``) target.
-1 on an error, in one line for a full disk while writing and for a checkpoint removed while it
+``MODEL_DIR/hub/<step>``), one that another export is writing, and a remote (``gs://``) target;
+a target filled by something else while the module was written is refused the same way, at the
+end. 1 on an error, in one line for a full disk while writing and for a checkpoint removed while it
 was being read (a prefix, or a model_dir's newest three times in a row).
 """
 
@@ -266,7 +268,9 @@ def _export_found_checkpoint(
     try:
         step = saved_step(prefix)
     except tf.errors.OpError as error:
-        raise _removed_or(prefix, error) from error
+        if _gone(prefix):
+            raise _CheckpointGoneError(prefix, error) from error
+        raise
     if not export_dir and step is None:
         raise ValueError(f"the checkpoint {prefix} has no step; pass --export_dir.")
     target_dir = export_dir or os.path.join(model_dir, "hub", str(step))
@@ -275,7 +279,9 @@ def _export_found_checkpoint(
         try:
             checkpoints.restore_checkpoint(model, prefix, memory_network)
         except tf.errors.OpError as error:
-            raise _removed_or(prefix, error) from error
+            if _gone(prefix):
+                raise _CheckpointGoneError(prefix, error) from error
+            raise
         except ValueError as error:
             raise ValueError(f"{error} (architecture read from {config_path})") from error
         logging.info("Restored %s (step %s) with the architecture of %s", prefix, step, config_path)
@@ -304,15 +310,12 @@ def _newest_recorded(checkpoint: str) -> str | None:
     return recorded[0] if recorded else None
 
 
-def _removed_or(prefix: str, error: Exception) -> Exception:
-    """:class:`_CheckpointGoneError` when reading ``prefix`` failed because its files are gone, else
-    ``error`` itself."""
+def _gone(prefix: str) -> bool:
+    """Whether the checkpoint ``prefix`` has lost its index or its data (a training run removed
+    it: CheckpointManager deletes the checkpoints beyond its newest ``max_to_keep``)."""
     import tensorflow as tf
 
-    index = tf.io.gfile.exists(f"{prefix}.index")
-    if index and tf.io.gfile.glob(f"{prefix}.data-*"):
-        return error
-    return _CheckpointGoneError(prefix, error)
+    return not (tf.io.gfile.exists(f"{prefix}.index") and tf.io.gfile.glob(f"{prefix}.data-*"))
 
 
 def export_reference_checkpoint(
@@ -414,12 +417,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
 
 
-def main(argv: list[str], flag_values: flags.FlagValues) -> int:
-    """Export as the parsed ``flag_values`` say; returns the exit status (see the module
+def main(argv: list[str], values: flags.FlagValues) -> int:
+    """Export as the parsed flag ``values`` say; returns the exit status (see the module
     docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    values = flag_values
     if not values.checkpoint:
         print(
             "tf-simclr-export: pass --checkpoint: a model_dir, its ckpt/ directory, a checkpoint "

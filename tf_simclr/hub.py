@@ -252,8 +252,6 @@ class ExportTarget:
                 f"{self.export_dir}: modules are written to local folders only (they are locked "
                 "and renamed into place); export locally, then copy the folder."
             )
-        if os.path.isfile(self.export_dir):
-            raise FileExistsError(f"{self.export_dir} is a file; choose a directory to export to.")
         os.makedirs(os.path.dirname(self._lock.path), exist_ok=True)
         try:
             self._lock.acquire()
@@ -372,17 +370,16 @@ def save_hub_module(
     step: int | None = None,
     overwrite: bool = False,
     class_names: Iterable[str] = (),
-    wait: bool = False,
 ) -> str:
     """Write ``model`` (built, under any strategy) as a TF-Hub module to ``export_dir``.
 
     ``weight_decay`` is the coefficient of the module's regularization loss. ``class_names``
     (one per logit, or none) travel with a module that has the supervised head. Refuses to write
     into an existing non-empty directory unless it holds a previous module and ``overwrite`` is
-    set, which replaces it, and while another export writes there unless ``wait`` (see
-    :class:`ExportTarget`). Returns ``export_dir``.
+    set, which replaces it, and while another export writes there (see :class:`ExportTarget`).
+    Returns ``export_dir``.
     """
-    with ExportTarget(export_dir, overwrite, wait=wait) as target:
+    with ExportTarget(export_dir, overwrite) as target:
         return write_hub_module(
             model,
             target,
@@ -537,7 +534,7 @@ def prune_modules(hub_dir: str, keep_hub_module_max: int, written_step: int) -> 
         finally:
             lock.release()
         removed.append(folder)
-        logging.info(
+        logging.debug(
             "removed the older module %s (keep_hub_module_max=%d)", folder, keep_hub_module_max
         )
     return removed
