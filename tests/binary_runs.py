@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -260,6 +261,40 @@ def reference_run(tmp_path_factory) -> Path:
     return shared_runs(tmp_path_factory, {"reference": REFERENCE_FLAGS})["reference"]
 
 
+def wait_for_text(process, text: str, timeout: float = RUN_TIMEOUT_SECONDS) -> bool:
+    """Wait until the log of ``process`` (from :func:`start`) holds ``text``; False when the
+    process ended, or ``timeout`` seconds passed, without it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ended = process.poll() is not None
+        if text in process.log_path.read_text(encoding="utf-8", errors="replace"):
+            return True
+        if ended:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1."""
+    sockets = []
+    try:
+        for _ in range(count):
+            handle = socket.socket()
+            handle.bind(("127.0.0.1", 0))
+            sockets.append(handle)
+        return [handle.getsockname()[1] for handle in sockets]
+    finally:
+        for handle in sockets:
+            handle.close()
+
+
+def loopback_tf_config(ports: list[int], index: int) -> str:
+    """TF_CONFIG of worker ``index`` of a cluster of workers on 127.0.0.1 at ``ports``."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -289,6 +324,19 @@ def model_weights(prefix: Path | str) -> dict[str, np.ndarray]:
         name: reader.get_tensor(name)
         for name, _ in tf.train.list_variables(str(prefix))
         if name.startswith("model/")
+    }
+
+
+def checkpoint_values(prefix: Path | str) -> dict[str, np.ndarray]:
+    """Every value of a checkpoint (model, optimizer slots and step) but its save counter,
+    which counts the saves of the run rather than its training."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(str(prefix))
+        if not name.startswith("save_counter")
     }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 
 import numpy as np
@@ -29,6 +28,7 @@ from binary_runs import (
     checkpoint_steps,
     child_env,
     finish_together,
+    free_ports,
     model_weights,
     read_events,
     read_json,
@@ -223,20 +223,6 @@ def test_two_mirrored_replicas_give_the_weights_of_one_device(mirrored_runs):
         spread = float(np.max(np.abs(np.array(reordered.values(tag)) / reference - 1)))
         rtol = drift_tolerance(spread, REFERENCE_STEPS, 1)
         np.testing.assert_allclose(mirrored.values(tag), reference, rtol=rtol, err_msg=tag)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1."""
-    sockets = []
-    try:
-        for _ in range(count):
-            handle = socket.socket()
-            handle.bind(("127.0.0.1", 0))
-            sockets.append(handle)
-        return [handle.getsockname()[1] for handle in sockets]
-    finally:
-        for handle in sockets:
-            handle.close()
 
 
 # The non-chief worker deletes its scratch checkpoints at the end of the run (loop.train). To

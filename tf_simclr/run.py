@@ -29,8 +29,17 @@ training set, the number of classes, the total steps); it trains and writes noth
 The same from Python: ``tf_simclr.train(tf_simclr.config_from_flags([...flags...]))``.
 
 Exit status: 0 done (also when the run had already finished: nothing is changed), 1 an error
-(a full disk in one line), 2 refused before any work (bad flags or data, the model_dir in use by
-another run), 3 stopped on NaN or Inf, 130 interrupted (Ctrl-C).
+(a full disk, or a lost worker of a multi-worker run, in one line), 2 refused before any work
+(bad flags or data, the model_dir in use by another run, the other workers of a multi-worker
+run not there after ``--worker_timeout_seconds``), 3 stopped on NaN or Inf, 143 stopped by
+SIGTERM and 130 by SIGINT (Ctrl-C).
+
+SIGTERM or SIGINT during training stops every worker at the end of the current
+``--steps_per_loop`` call, saves a checkpoint there and says so in one line, e.g.
+``tf-simclr: SIGTERM received: saved RUN/ckpt/ckpt-7 at step 7; the same command resumes from
+it.``; rerunning the command resumes from it exactly. Before training (reading data, building
+the model) Ctrl-C stops at once; the newest checkpoint, if any, is where the same command
+resumes. A multi-worker worker waiting for the others stops at once on either signal.
 """
 
 from __future__ import annotations
@@ -108,6 +117,13 @@ def main(parsed: ParsedFlags) -> int:
     from tf_simclr import checkpoints
     from tf_simclr.model_dir import first_line, is_disk_full
     from tf_simclr.training import api
+    from tf_simclr.training.loop import TrainingInterruptedError
+    from tf_simclr.training.preemption import exit_status
+    from tf_simclr.training.strategy import (
+        ClusterStartError,
+        ClusterWaitInterruptedError,
+        lost_worker,
+    )
 
     config = resolved.config
     model_dir = config.train.model_dir
@@ -127,9 +143,17 @@ def main(parsed: ParsedFlags) -> int:
     except ModelDirInUseError as error:
         print(f"tf-simclr: {error}", file=sys.stderr)
         return 2
+    except ClusterStartError as error:
+        return _refuse("cannot start", error)
     except api.NonFiniteLossError as error:
         logging.getLogger("tf_simclr").error("%s", error)
         return 3
+    except TrainingInterruptedError as error:
+        print(f"tf-simclr: {error}; the same command resumes from it.", file=sys.stderr)
+        return exit_status(error.signal_name)
+    except ClusterWaitInterruptedError as error:
+        print(f"tf-simclr: {error}.", file=sys.stderr)
+        return exit_status(error.signal_name)
     except KeyboardInterrupt:
         latest = checkpoints.latest_checkpoint(model_dir)
         where = f"resumes from {latest}" if latest else "starts over (no checkpoint yet)"
@@ -138,6 +162,15 @@ def main(parsed: ParsedFlags) -> int:
         print(f"tf-simclr: interrupted; the same command {where}.", file=sys.stderr)
         return 130
     except Exception as error:
+        lost = lost_worker(error) if config.distribution.strategy == "multi_worker" else None
+        if lost:
+            latest = checkpoints.latest_checkpoint(model_dir)
+            print(
+                f"tf-simclr: lost a worker of the cluster ({lost}); the same command on every "
+                f"worker resumes from {latest or 'the start'}.",
+                file=sys.stderr,
+            )
+            return 1
         if not is_disk_full(error):
             raise
         latest = checkpoints.latest_checkpoint(model_dir)

@@ -10,6 +10,11 @@ non-finite loss, and at every checkpoint boundary it first checks that every mod
 checkpointed variable is finite (the loss is computed before the update, so the update that
 blows the weights up would otherwise be saved). A save that fails (full disk, interruption)
 leaves nothing half-written.
+
+SIGTERM and SIGINT stop the loop at the end of the current ``tf.function`` call (the signals
+cannot interrupt one; :mod:`tf_simclr.training.preemption`): it saves a checkpoint at that step
+(every worker of a cluster stops at the same step) and raises :class:`TrainingInterruptedError`.
+The loop's handlers are installed only while it runs; the previous ones are back afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from tf_simclr.checkpoints import (
 )
 from tf_simclr.config import TrainConfig
 from tf_simclr.logs import SAVE_NOISE, dropped
-from tf_simclr.training.strategy import is_chief
+from tf_simclr.training.preemption import StopAgreement, StopRequests
+from tf_simclr.training.strategy import in_cluster, is_chief
 
 logger = logging.getLogger("tf_simclr")
 
@@ -133,7 +139,8 @@ def train(
 
     ``iterator_factory(start_step)`` returns the distributed input iterator positioned at
     ``start_step`` (deterministic pipelines skip what was consumed; others just restart).
-    Returns the last logged scalars (none when there was nothing left to train).
+    Returns the last logged scalars (none when there was nothing left to train). Raises
+    :class:`TrainingInterruptedError` after saving on SIGTERM or SIGINT (module docstring).
     """
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, **functions.checkpoint_objects
@@ -166,37 +173,68 @@ def train(
         _write_scalars(writer, initial, 0)
         logger.info("step 0 %s", _format(initial))
     progress = Progress(settings, start_step, initial)
-    saved = False  # whether this call wrote a checkpoint yet
-    while step < settings.total_steps:
-        count = _steps_to_next_stop(step, settings)
-        loop_start = time.time()
-        scalars = run_steps(iterator, count)
-        step = int(optimizer.iterations.numpy())
-        elapsed = max(time.time() - loop_start, 1e-9)
-        if not all(math.isfinite(value) for value in scalars.values()):
-            raise _non_finite(f"non-finite loss at step {step} ({scalars})", settings, saved)
-        progress.add(scalars, count, elapsed)
-        scalars["images_per_second"] = count * settings.global_batch_size / elapsed
-        scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
-        if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
-            offenders = finite.non_finite()
-            if offenders:
-                listed = ", ".join(offenders[:5]) + (" ..." if len(offenders) > 5 else "")
-                what = f"non-finite weights after step {step}: {len(offenders)} of {finite.count}"
-                raise _non_finite(f"{what} variables hold NaN or Inf ({listed})", settings, saved)
-            _save(manager, step)
-            saved = True
-            if functions.on_checkpoint is not None:
-                measured = functions.on_checkpoint(step)
-                scalars.update(measured)
-                progress.monitored(step, measured)
-        _write_scalars(writer, scalars, step)
-        if step % settings.log_every_steps == 0 or step == settings.total_steps:
-            progress.log(step, scalars["learning_rate"])
+    saved_step = None  # the step this call last wrote a checkpoint at
+
+    def save(step: int) -> None:
+        nonlocal saved_step
+        offenders = finite.non_finite()
+        if offenders:
+            listed = ", ".join(offenders[:5]) + (" ..." if len(offenders) > 5 else "")
+            what = f"non-finite weights after step {step}: {len(offenders)} of {finite.count}"
+            saved = saved_step is not None
+            raise _non_finite(f"{what} variables hold NaN or Inf ({listed})", settings, saved)
+        _save(manager, step)
+        saved_step = step
+
+    with StopRequests() as requests:
+        stop = StopAgreement(strategy, requests, across_workers=in_cluster(strategy))
+        if requests.active and step < settings.total_steps:
+            logger.info(
+                "training from step %d to %d; SIGTERM or Ctrl-C stops it within %d step%s, "
+                "with a checkpoint",
+                step,
+                settings.total_steps,
+                settings.steps_per_loop,
+                "s" if settings.steps_per_loop > 1 else "",
+            )
+        while step < settings.total_steps:
+            count = _steps_to_next_stop(step, settings)
+            loop_start = time.time()
+            scalars = run_steps(iterator, count)
+            step = int(optimizer.iterations.numpy())
+            elapsed = max(time.time() - loop_start, 1e-9)
+            if not all(math.isfinite(value) for value in scalars.values()):
+                saved = saved_step is not None
+                raise _non_finite(f"non-finite loss at step {step} ({scalars})", settings, saved)
+            progress.add(scalars, count, elapsed)
+            scalars["images_per_second"] = count * settings.global_batch_size / elapsed
+            scalars["learning_rate"] = float(functions.learning_rate(tf.constant(step)).numpy())
+            if step % settings.checkpoint_steps == 0 or step == settings.total_steps:
+                save(step)
+                if functions.on_checkpoint is not None:
+                    measured = functions.on_checkpoint(step)
+                    scalars.update(measured)
+                    progress.monitored(step, measured)
+            _write_scalars(writer, scalars, step)
+            if step % settings.log_every_steps == 0 or step == settings.total_steps:
+                progress.log(step, scalars["learning_rate"])
+            signal_name = stop.signal_name()
+            if signal_name is not None:
+                if saved_step != step:
+                    save(step)
+                _finish(writer, manager, chief)
+                checkpoint_path = os.path.join(settings.model_dir, CKPT_SUBDIR, f"ckpt-{step}")
+                raise TrainingInterruptedError(signal_name, step, checkpoint_path)
+    _finish(writer, manager, chief)
+    return scalars
+
+
+def _finish(writer, manager: tf.train.CheckpointManager, chief: bool) -> None:
+    """Flush the summaries; a non-chief worker deletes its scratch checkpoints (every worker
+    resumes from the chief's)."""
     writer.flush()
     if not chief:
         shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
-    return scalars
 
 
 def _steps_to_next_stop(step: int, settings: LoopSettings) -> int:
