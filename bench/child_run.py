@@ -1,5 +1,7 @@
 """One ``tf-simclr`` training run as a child process of a bench script, its output appended to a
-log file in its model_dir (never a pipe: a long run would block on a full one)."""
+log file in its model_dir (never a pipe: a long run would block on a full one). Ctrl-C stops the
+child at the end of its current call with a checkpoint (tf-simclr saves on SIGINT): the bench
+waits for that save, so the same command resumes the run."""
 
 from __future__ import annotations
 
@@ -25,5 +27,14 @@ def run_tf_simclr(
     os.makedirs(model_dir, exist_ok=True)
     started = time.time()
     with open(os.path.join(model_dir, log_name), "a", encoding="utf-8") as log:
-        subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the child too (same process group), which saves a checkpoint at the
+            # end of its current call: wait for it, so the run resumes from there.
+            child.wait()
+            raise
+    if status:
+        raise subprocess.CalledProcessError(status, command)
     return time.time() - started, shown
