@@ -10,8 +10,9 @@ TensorFlow's own wait cannot be stopped (measured with TF 2.21 on CPU, two worke
 loopback): it happens inside one C++ call that holds the GIL, so no Python code runs until it
 returns (neither a thread's join loop nor a signal handler: a lone worker's main thread blocked
 in ``join(0.01)`` for as long as the call), it installs a SIGTERM handler of its own that only
-logs ``SIGTERM caught``, and a lone chief (task 0, the coordination leader) waits forever even
-with a registration timeout unless registration is a barrier. So :func:`create_strategy` first
+logs ``SIGTERM caught`` (SIGINT waits for the call to return), and with no peer a chief (task 0,
+the coordination leader) waits without end (still waiting after 40 s with a registration timeout
+of 8 s, unless registration is a barrier). So :func:`create_strategy` first
 waits in Python (:func:`wait_for_workers`: every peer's address must accept a connection, while
 this worker listens on its own), where SIGTERM and SIGINT end the wait at once
 (:class:`ClusterWaitInterruptedError`) and ``worker_timeout_seconds`` bounds it
@@ -146,8 +147,13 @@ def wait_for_workers(own_address: str, peers: dict[str, str], timeout_seconds: f
     second.
     """
     port = int(own_address.rsplit(":", 1)[1])
+    dualstack = socket.has_dualstack_ipv6()  # IPv4 and IPv6 peers, like TensorFlow's server
     try:
-        listener = socket.create_server(("", port))
+        listener = socket.create_server(
+            ("", port),
+            family=socket.AF_INET6 if dualstack else socket.AF_INET,
+            dualstack_ipv6=dualstack,
+        )
     except OSError as error:
         raise ClusterStartError(
             f"this worker cannot listen on port {port} of its address {own_address} in "
