@@ -229,7 +229,9 @@ def train(
     return scalars
 
 
-def _finish(writer, manager: tf.train.CheckpointManager, chief: bool) -> None:
+def _finish(
+    writer: tf.summary.SummaryWriter, manager: tf.train.CheckpointManager, chief: bool
+) -> None:
     """Flush the summaries; a non-chief worker deletes its scratch checkpoints (every worker
     resumes from the chief's)."""
     writer.flush()

@@ -199,10 +199,12 @@ def _unreachable(peers: dict[str, str]) -> dict[str, str]:
 
 
 def _listing(tasks: dict[str, str]) -> str:
+    """``worker 1 at host:port, ...``: the tasks as the messages name them."""
     return ", ".join(f"{name} at {address}" for name, address in tasks.items())
 
 
 def _gave_up(timeout_seconds: float, missing: dict[str, str]) -> str:
+    """The message of a wait that timed out: who was missing and what to do."""
     return (
         f"gave up after {timeout_seconds:g} s waiting for {_listing(missing)} of TF_CONFIG's "
         "cluster: start the same command on every worker (each with its own TF_CONFIG), or "
