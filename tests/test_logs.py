@@ -149,7 +149,7 @@ def test_a_restore_is_summarised_in_one_phrase(tmp_path):
     root.restore(path).expect_partial()
     summary = checkpoints.restore_summary(root, path)
     assert summary == (
-        "restored 3 variables; 1 not in the checkpoint (initial values kept): new; "
+        "restored 3 variables; 1 not in the checkpoint (values set before the restore kept): new; "
         "1 in the checkpoint not used: slot"
     )
     np.testing.assert_array_equal(fresh.kernel.numpy(), [1.0, 2.0])

@@ -279,8 +279,9 @@ def variable_keys(root: tf.train.Checkpoint) -> set[str]:
 
 def restore_summary(root: tf.train.Checkpoint, prefix: str) -> str:
     """What restoring ``prefix`` into ``root`` did, in one phrase: how many variables were
-    restored, which of ``root``'s variables the checkpoint lacks (they keep their values) and
-    which of its values nothing in ``root`` uses (TensorFlow's restore warnings, counted)."""
+    restored, which of ``root``'s variables the checkpoint lacks (they keep the values set before
+    the restore: initialised, or a memory network copied from the online one) and which of its
+    values nothing in ``root`` uses (TensorFlow's restore warnings, counted)."""
     saved = {
         key[: -len(VALUE_SUFFIX)]
         for key, _ in tf.train.list_variables(prefix)
@@ -289,7 +290,7 @@ def restore_summary(root: tf.train.Checkpoint, prefix: str) -> str:
     live = variable_keys(root)
     summary = f"restored {len(live & saved)} variables"
     for what, keys in (
-        ("not in the checkpoint (initial values kept)", live - saved),
+        ("not in the checkpoint (values set before the restore kept)", live - saved),
         ("in the checkpoint not used", saved - live),
     ):
         if keys:

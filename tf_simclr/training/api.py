@@ -51,6 +51,11 @@ Exceptions of :func:`train`:
 - :class:`~tf_simclr.training.loop.TrainingInterruptedError`: a signal stopped training after
   a checkpoint; ``result.json``'s train section records ``interrupted_by``, ``step`` and
   ``checkpoint``, and the same call resumes from it.
+- :class:`~tf_simclr.training.strategy.ClusterStartError`: under ``multi_worker``, the other
+  workers of ``TF_CONFIG`` did not come within ``worker_timeout_seconds`` (or this worker cannot
+  listen on its address); nothing was written.
+- :class:`~tf_simclr.training.strategy.ClusterWaitInterruptedError`: SIGTERM or SIGINT while
+  waiting for them; nothing was written.
 
 ``KeyboardInterrupt`` passes through (the next call resumes from the newest checkpoint), and so
 does an ``OSError`` of a full disk (:func:`tf_simclr.model_dir.is_disk_full` recognises it).
