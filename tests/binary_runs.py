@@ -60,6 +60,27 @@ REFERENCE_FLAGS = (
     "--deterministic",
     "--seed=3",
 )
+# Two steps of the tiny model without the monitors and the export (runs in the test's process).
+TINY_FLAGS = (
+    *SMALL_MODEL,
+    "--train_mode=pretrain",
+    "--mode=train",
+    "--train_steps=2",
+    "--train_batch_size=16",
+    "--steps_per_loop=1",
+    "--checkpoint_steps=2",
+    "--noknn_monitor",
+    "--noexport_hub",
+)
+# An evaluation as a user would type it after training: no architecture flag at all.
+EVAL_FLAGS = (
+    "--train_mode=pretrain",
+    "--mode=eval",
+    f"--dataset={SMALL_DATA}",
+    "--image_size=16",
+    "--eval_batch_size=32",
+    "--noknn_monitor",
+)
 
 
 def child_env(**extra: str | None) -> dict[str, str]:

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from binary_runs import (
+    EVAL_FLAGS,
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
-    SMALL_DATA,
-    SMALL_MODEL,
+    TINY_FLAGS,
     assert_succeeded,
     binary_command,
     checkpoint_steps,
@@ -44,18 +44,6 @@ from tf_simclr.hub import read_module_info
 from tf_simclr.training import loop
 from tf_simclr.training.runner import PhaseRunner
 
-# Two steps of the tiny model, in this process (as tests/test_train_api.py's).
-TINY = (
-    *SMALL_MODEL,
-    "--train_mode=pretrain",
-    "--mode=train",
-    "--train_steps=2",
-    "--train_batch_size=16",
-    "--steps_per_loop=1",
-    "--checkpoint_steps=2",
-    "--noknn_monitor",
-    "--noexport_hub",
-)
 RECORDS = ("config.json", "flags.json", "result.json")
 ARCHITECTURE_FLAGS = ("--cifar_stem", "--resnet_depth=18", "--width_multiplier=0.125")
 # The reference pretraining two steps longer, without its architecture flags (the run's).
@@ -64,14 +52,6 @@ RESUME_FLAGS = (
     f"--train_steps={REFERENCE_STEPS + 2}",
 )
 KERNEL_SUFFIX = "/kernel/.ATTRIBUTES/VARIABLE_VALUE"  # not the optimizer's slots of a kernel
-EVAL_FLAGS = (
-    "--train_mode=pretrain",
-    "--mode=eval",
-    f"--dataset={SMALL_DATA}",
-    "--image_size=16",
-    "--eval_batch_size=32",
-    "--noknn_monitor",
-)
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -127,7 +107,7 @@ def test_allow_config_change_names_flags_and_refuses_others(tmp_path):
         "train.init_checkpoint",
         "augment.crop_area_range",
     }
-    argv = [*TINY, f"--model_dir={tmp_path / 'run'}"]
+    argv = [*TINY_FLAGS, f"--model_dir={tmp_path / 'run'}"]
     with pytest.raises(ValueError, match=r"does not have: \['lerning_rate'\]"):
         tf_simclr.config_from_flags([*argv, "--allow_config_change=learning_rate,lerning_rate"])
     with pytest.raises(ValueError, match=r"\['resnet_depth'\] belong to the run's architecture"):
@@ -151,7 +131,7 @@ def test_changes_are_named_by_flag_with_both_values():
 def trained(tmp_path_factory):
     """A tiny two-step pretraining through ``tf_simclr.train``, in this process."""
     model_dir = tmp_path_factory.mktemp("identity") / "run"
-    tf_simclr.train(tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}"]))
+    tf_simclr.train(tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={model_dir}"]))
     return model_dir
 
 
@@ -167,7 +147,9 @@ def test_an_interrupted_training_is_recorded_and_not_taken_for_finished(
         raise loop.TrainingInterruptedError("SIGTERM", 2, checkpoint)
 
     monkeypatch.setattr(loop, "train", interrupted)
-    longer = tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}", "--train_steps=4"])
+    longer = tf_simclr.config_from_flags(
+        [*TINY_FLAGS, f"--model_dir={model_dir}", "--train_steps=4"]
+    )
     with pytest.raises(loop.TrainingInterruptedError):
         tf_simclr.train(longer)
     recorded = read_json(model_dir / "result.json")
@@ -177,7 +159,7 @@ def test_an_interrupted_training_is_recorded_and_not_taken_for_finished(
     # Interrupted at the step its checkpoint holds, the run is not finished.
     recorded["train"]["global_step"] = 2
     (model_dir / "result.json").write_text(json.dumps(recorded))
-    same = tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}"])
+    same = tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={model_dir}"])
     runner = PhaseRunner(same, tf.distribute.get_strategy())
     assert runner.total_steps == 2 and runner.resume_point == checkpoint
     assert runner.recorded_result() is None
@@ -388,7 +370,7 @@ def test_a_resume_may_lengthen_the_run_but_shortens_it_only_when_allowed(
         raise loop.TrainingInterruptedError("SIGTERM", 2, str(model_dir / "ckpt" / "ckpt-2"))
 
     def command(*flags: str):
-        return tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}", *flags])
+        return tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={model_dir}", *flags])
 
     with monkeypatch.context() as patched:  # lengthened to 6 steps, stopped at step 2
         patched.setattr(loop, "train", stopped_at_step_2)

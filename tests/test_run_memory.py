@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from binary_runs import (
+    EVAL_FLAGS,
     REFERENCE_FLAGS,
     REFERENCE_STEPS,
     SMALL_DATA,
@@ -33,15 +34,6 @@ from binary_runs import (
 from tf_simclr.data import load_source
 from tf_simclr.hub import read_module_info
 
-# An evaluation as a user would type it after training: no architecture flag at all.
-EVAL_FLAGS = (
-    "--train_mode=pretrain",
-    "--mode=eval",
-    f"--dataset={SMALL_DATA}",
-    "--image_size=16",
-    "--eval_batch_size=32",
-    "--noknn_monitor",
-)
 ARCHITECTURE_FLAGS = ("--cifar_stem", "--resnet_depth=18", "--width_multiplier=0.125")
 # The reference pretraining, two steps longer, without its architecture flags.
 RESUME_FLAGS = (

@@ -16,25 +16,13 @@ from pathlib import Path
 
 import pytest
 from absl import flags
-from binary_runs import REPO_ROOT, SMALL_DATA, SMALL_MODEL, read_json
+from binary_runs import REPO_ROOT, SMALL_DATA, TINY_FLAGS, read_json
 
 import tf_simclr
 from tf_simclr import checkpoints, command_line, run
 from tf_simclr.config import DataConfig, DistributionConfig, ModelConfig
 from tf_simclr.model_dir import ModelDirLock
 
-# Two steps of the tiny model of the binary tests, without the monitors and the export.
-TINY = (
-    *SMALL_MODEL,
-    "--train_mode=pretrain",
-    "--mode=train",
-    "--train_steps=2",
-    "--train_batch_size=16",
-    "--steps_per_loop=1",
-    "--checkpoint_steps=2",
-    "--noknn_monitor",
-    "--noexport_hub",
-)
 FOLDER = REPO_ROOT / "flags" / "folder"
 
 
@@ -51,7 +39,7 @@ def tree_digests(directory: Path) -> dict[str, str]:
 def trained(tmp_path_factory):
     """A tiny pretraining run through ``tf_simclr.train``, in this process."""
     model_dir = tmp_path_factory.mktemp("train_api") / "run"
-    config = tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}"])
+    config = tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={model_dir}"])
     return model_dir, config, tf_simclr.train(config)
 
 
@@ -171,7 +159,7 @@ def test_the_strategy_is_configured_and_flags_json_gives_the_config_back(tmp_pat
 
 
 def test_a_strategy_that_cannot_run_the_config_is_refused_when_it_is_built(tmp_path):
-    config = tf_simclr.config_from_flags([*TINY, f"--model_dir={tmp_path / 'run'}"])
+    config = tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={tmp_path / 'run'}"])
     split = DistributionConfig(strategy="mirrored", logical_cpu_devices=2)
     assert dataclasses.replace(config, distribution=split).distribution == split
     jit = dataclasses.replace(config.train, jit_compile=True)
@@ -182,7 +170,7 @@ def test_a_strategy_that_cannot_run_the_config_is_refused_when_it_is_built(tmp_p
 
 
 def test_train_refuses_a_config_that_cannot_run_before_writing(tmp_path):
-    config = tf_simclr.config_from_flags([*TINY, f"--model_dir={tmp_path / 'run'}"])
+    config = tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={tmp_path / 'run'}"])
     missing = dataclasses.replace(config, data=DataConfig(dataset=f"folder:{tmp_path / 'none'}"))
     finetune = dataclasses.replace(config.train, train_mode="finetune", teacher=str(tmp_path))
     for refused, named in (
@@ -198,7 +186,7 @@ def test_train_refuses_a_config_that_cannot_run_before_writing(tmp_path):
 def test_train_refuses_a_model_dir_in_use(tmp_path):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    config = tf_simclr.config_from_flags([*TINY, f"--model_dir={model_dir}"])
+    config = tf_simclr.config_from_flags([*TINY_FLAGS, f"--model_dir={model_dir}"])
     holder = ModelDirLock(str(model_dir))
     holder.acquire()
     try:
