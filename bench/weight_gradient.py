@@ -18,9 +18,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-
-from machine import describe_machine, machine_line  # noqa: E402
+import tensorflow as tf
+from machine import describe_machine, machine_line
 
 # (feature-map side, input channels, output channels) of the 3x3 stride-1 convolutions.
 SHAPES = ((28, 16, 16), (14, 32, 32), (7, 64, 64), (4, 128, 128), (4, 256, 256))
