@@ -41,7 +41,7 @@ from binary_runs import (
 )
 from PIL import Image
 
-from tf_simclr.checkpoints import checkpoint_problem, recorded_checkpoints
+from tf_simclr.checkpoints import checkpoint_problem, checkpoint_step, recorded_checkpoints
 from tf_simclr.model_dir import LOCK_FILENAME
 
 POLL_SECONDS = 0.05
@@ -360,8 +360,13 @@ def test_a_second_run_is_refused_eval_may_follow_and_ctrl_c_says_where_to_resume
     assert interrupted.returncode == 130, interrupted.tail()
     assert "Traceback" not in interrupted.output and "KeyboardInterrupt" not in interrupted.output
     last_line = interrupted.output.strip().splitlines()[-1]
+    # Ctrl-C during training saves at the end of the current call, and says where it resumes.
     newest = tf.train.latest_checkpoint(str(model_dir / "ckpt"))
-    assert last_line == f"tf-simclr: interrupted; the same command resumes from {newest}."
+    step = checkpoint_step(newest)
+    assert last_line == (
+        f"tf-simclr: SIGINT received: saved {newest} at step {step}; the same command resumes "
+        "from it."
+    )
     assert unusable(model_dir) == {}
     assert not list((model_dir / "ckpt").glob("*_temp"))
     assert not (model_dir / LOCK_FILENAME).exists()

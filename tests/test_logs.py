@@ -225,6 +225,8 @@ EXPECTED_LINES = {
     "progress": r"step (\d+)/\d+ epoch [\d.]+ contrast_acc=.* images/s=[\d.]+ eta=[\d:]+; "
     r"at step (\d+) eval/knn_top_1_accuracy=[\d.]+$",
     "resumed": r"resumed from (\S+): restored \d+ variables$",
+    "stoppable": r"training from step (\d+) to (\d+); SIGTERM or Ctrl-C stops it within \d+ "
+    r"steps?, with a checkpoint$",
     "exported": r"exported hub module to (\S+) \(encoder, projection_head, supervised_head; \d+ "
     r"variables, 14 signatures, [\d.]+ MB\)$",
 }
@@ -278,6 +280,7 @@ def test_a_pretraining_run_and_its_resumption_log_a_few_useful_lines(tmp_path):
     assert [kind for kind, _ in first] == [
         "start",
         "initial kNN",
+        "stoppable",
         "progress",
         "progress",
         "exported",
@@ -286,7 +289,11 @@ def test_a_pretraining_run_and_its_resumption_log_a_few_useful_lines(tmp_path):
     # A progress line every 10 steps, each with the kNN of the newest checkpoint (every 3 steps).
     assert [(m[1], m[2]) for kind, m in first if kind == "progress"] == [("10", "9"), ("20", "20")]
     assert first[-1][1][1] == str(model_dir / "hub" / "20")
-    assert [kind for kind, _ in second] == ["start", "resumed", "progress", "exported"]
+    assert [kind for kind, _ in second] == ["start", "resumed", "stoppable", "progress", "exported"]
+    assert [(m[1], m[2]) for kind, m in first + second if kind == "stoppable"] == [
+        ("0", "20"),
+        ("20", "25"),
+    ]
     assert second[1][1][1] == str(model_dir / "ckpt" / "ckpt-20")
     assert [(m[1], m[2]) for kind, m in second if kind == "progress"] == [("25", "25")]
     assert second[-1][1][1] == str(model_dir / "hub" / "25")

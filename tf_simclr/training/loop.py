@@ -189,13 +189,14 @@ def train(
     with StopRequests() as requests:
         stop = StopAgreement(strategy, requests, across_workers=in_cluster(strategy))
         if requests.active and step < settings.total_steps:
+            within = min(settings.steps_per_loop, settings.total_steps - step)
             logger.info(
                 "training from step %d to %d; SIGTERM or Ctrl-C stops it within %d step%s, "
                 "with a checkpoint",
                 step,
                 settings.total_steps,
-                settings.steps_per_loop,
-                "s" if settings.steps_per_loop > 1 else "",
+                within,
+                "s" if within > 1 else "",
             )
         while step < settings.total_steps:
             count = _steps_to_next_stop(step, settings)
