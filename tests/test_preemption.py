@@ -417,8 +417,12 @@ def test_a_lost_worker_ends_the_run_in_one_line_naming_where_to_resume(tmp_path)
     assert "Traceback" not in lost.output, lost.tail()
     latest = tf.train.latest_checkpoint(str(model_dir / "ckpt"))
     last = lost.output.rstrip().splitlines()[-1]
-    assert last.startswith("tf-simclr: lost a worker of the cluster ("), last
-    # TensorFlow's error names the dead peer's address, or, when the chief's socket to it
-    # closes first, says so: which one arrives first is a race inside TensorFlow.
-    assert f"127.0.0.1:{ports[1]}" in last or "(Socket closed)" in last, last
-    assert last.endswith(f"; the same command on every worker resumes from {latest}."), last
+    # The parentheses carry TensorFlow's own reason, whose wording is a race inside
+    # TensorFlow (the peer's address, "Socket closed", "Connection reset by peer"): it
+    # must be there, whatever it says.
+    reason = re.fullmatch(
+        r"tf-simclr: lost a worker of the cluster \((.+)\); the same command on every "
+        rf"worker resumes from {re.escape(latest)}\.",
+        last,
+    )
+    assert reason and reason.group(1).strip(), last
