@@ -66,5 +66,6 @@ def test_release_folder_reproduces_the_run(tmp_path, monkeypatch):
     assert curve["curve"][-1]["epoch"] == pytest.approx(4 * 32 / 256)
     assert (out / "knn_curve.png").read_bytes().startswith(b"\x89PNG")
     on_disk = sum(path.stat().st_size for path in (out / "hub").rglob("*") if path.is_file())
-    assert info["hub_module_bytes"] == on_disk and info["under_10_mib"]
+    assert info["hub_module_bytes"] == on_disk and info["under_20_mb"]
+    assert (info["resnet_depth"], info["width_multiplier"]) == (18, 0.125)
     assert json.loads((out / "release.json").read_text()) == info
