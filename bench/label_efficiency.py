@@ -24,7 +24,7 @@ The recipes' network is ResNet-18 at width 0.25 (CIFAR stem, 28 px); every row i
 **The width ladder** (issue 26, SimCLRv2 section 3: bigger self-supervised models gain more from
 few labels). Every width of ``widths`` (default 0.125, 0.25, 0.5) has its encoder: at width 0.25
 the released one, never retrained; at the others a pretraining of
-``flags/fashion_mnist/pretrain.flags`` for ``pretrain_epochs`` (the release's flags, with
+``pretrained/fashion_mnist/pretrain.flags`` for ``pretrain_epochs`` (the release's flags, with
 ``--width_multiplier``) in the stable model_dir ``<run_dir>/pretrain_width<w>``, which a rerun
 resumes. Once it is recorded, its width gets the probes, the fine-tuning sweeps at 1% and 10%
 and their seeds, and supervised training on the same 1% subsets at that width, all under the
@@ -439,7 +439,7 @@ def pretrain_run(settings: StudySettings, width: float) -> Run:
     """The study's pretraining of the encoder of ``width``: the recipe for ``pretrain_epochs``
     (at 60 epochs and width 0.25, the released encoder's flags)."""
     flags = (
-        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        "--flagfile=pretrained/fashion_mnist/pretrain.flags",
         f"--train_epochs={settings.pretrain_epochs:g}",
         *width_flags(width),
     )

@@ -480,7 +480,7 @@ def test_each_width_is_pretrained_then_probed_swept_and_compared_with_supervised
     assert names[:2] == ["pretrain_width0.125", "pretrain_width0.5"]
     assert "pretrain" not in names
     assert runs[1].flags == (
-        "--flagfile=flags/fashion_mnist/pretrain.flags",
+        "--flagfile=pretrained/fashion_mnist/pretrain.flags",
         "--train_epochs=60",
         "--width_multiplier=0.5",
     )
