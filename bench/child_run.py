@@ -1,12 +1,15 @@
 """One ``tf-simclr`` training run as a child process of a bench script, its output appended to a
-log file in its model_dir (never a pipe: a long run would block on a full one). Ctrl-C stops the
-child at the end of its current call with a checkpoint (tf-simclr saves on SIGINT): the bench
-waits for that save, so the same command resumes the run."""
+log file in its model_dir (never a pipe: a long run would block on a full one). SIGTERM or
+Ctrl-C (SIGINT) to the bench, from a terminal or from ``kill``, reaches the child, which saves a
+checkpoint at the end of its current call (tf-simclr stops so on either signal): the bench waits
+for that save and exits with the signal's status (143, 130), so the same command resumes the
+run."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -28,13 +31,32 @@ def run_tf_simclr(
     started = time.time()
     with open(os.path.join(model_dir, log_name), "a", encoding="utf-8") as log:
         child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            status = child.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reaches the child too (same process group), which saves a checkpoint at the
-            # end of its current call: wait for it, so the run resumes from there.
-            child.wait()
-            raise
-    if status:
-        raise subprocess.CalledProcessError(status, command)
+        received = wait_forwarding_signals(child)
+    if received is not None:
+        name = signal.Signals(received).name
+        print(f"{name}: stopped {model_dir} at its checkpoint; the same command resumes it")
+        raise SystemExit(128 + received)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
     return time.time() - started, shown
+
+
+def wait_forwarding_signals(child: subprocess.Popen) -> int | None:
+    """Wait for ``child``, passing SIGTERM and SIGINT on to it (a terminal's Ctrl-C reaches it
+    directly too; a second signal changes nothing in tf-simclr); the first signal received, or
+    None."""
+    received: list[int] = []
+
+    def forward(number: int, _frame: object) -> None:
+        received.append(number)
+        child.send_signal(number)
+
+    previous = {
+        number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return received[0] if received else None
