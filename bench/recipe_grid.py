@@ -60,6 +60,23 @@ GRID: dict[str, tuple[str, ...]] = {
         "--learning_rate=0.1",
         "--weight_decay=5e-4",
     ),
+    # Is momentum SGD's faster climb beyond the noise? Both on three seeds (issue 27).
+    "color_1.0_seed1": ("--color_jitter_strength=1.0", "--seed=1"),
+    "color_1.0_seed2": ("--color_jitter_strength=1.0", "--seed=2"),
+    "color_1.0_sgd_lr_0.1_wd_5e-4_seed1": (
+        "--color_jitter_strength=1.0",
+        "--optimizer=momentum",
+        "--learning_rate=0.1",
+        "--weight_decay=5e-4",
+        "--seed=1",
+    ),
+    "color_1.0_sgd_lr_0.1_wd_5e-4_seed2": (
+        "--color_jitter_strength=1.0",
+        "--optimizer=momentum",
+        "--learning_rate=0.1",
+        "--weight_decay=5e-4",
+        "--seed=2",
+    ),
 }
 # A progress line of the training loop and its training speed (images/s over the steps since
 # the previous line).
