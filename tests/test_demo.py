@@ -29,3 +29,27 @@ def test_every_phase_runs_its_recipe_with_the_demos_seed(seed, tmp_path, monkeyp
         assert values.train_mode in {"pretrain", "finetune", "distill"}
         if name == "distill_1pct":
             assert values.teacher == str(tmp_path / "finetune_1pct")
+
+
+def test_a_demo_folder_of_other_settings_is_named_with_the_way_out(tmp_path, capsys):
+    """A rerun of the demo over an earlier one whose recipe differs (here: the temperature) is
+    refused by tf-simclr's resume check; the demo stops with its status and says what to do."""
+    tiny = (
+        "--train_steps=1",
+        "--mode=train",
+        "--train_batch_size=32",
+        "--noknn_monitor",
+        "--noexport_hub",
+        "--dataset=synthetic:size=28,count=64,classes=10",
+    )
+    first = demo.run_phase("pretrain", "pretrain.flags", tiny, str(tmp_path), 0)
+    assert first["train"]["global_step"] == 1
+    with pytest.raises(SystemExit) as stopped:
+        demo.run_phase("pretrain", "pretrain.flags", (*tiny, "--temperature=0.5"), str(tmp_path), 0)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-2] == "make demo: the pretrain phase failed (exit status 2); see above."
+    assert lines[-1] == (
+        f"make demo: {tmp_path / 'pretrain'} holds a run of other settings (an earlier demo's?); "
+        f"delete {tmp_path} to start the demo afresh, or pass --run_dir=ANOTHER_FOLDER."
+    )

@@ -73,12 +73,26 @@ def phase_command(
 
 
 def run_phase(name: str, flagfile: str, extra: tuple[str, ...], run_dir: str, seed: int) -> dict:
-    """Run one phase as a child process; its result.json, with the wall time in seconds."""
+    """Run one phase as a child process; its result.json, with the wall time in seconds. A failed
+    phase ends the demo with its exit status and one line (two when its model_dir holds a run
+    that the phase refused to change: an earlier demo of other recipes)."""
     model_dir = os.path.join(run_dir, name)
     command = phase_command(name, flagfile, extra, run_dir, seed)
     print(f"\n=== {name}: {' '.join(command[2:])}", flush=True)
     started = time.time()
-    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    status = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+    if status:
+        print(
+            f"make demo: the {name} phase failed (exit status {status}); see above.",
+            file=sys.stderr,
+        )
+        if status == 2 and os.path.isdir(model_dir):
+            print(
+                f"make demo: {model_dir} holds a run of other settings (an earlier demo's?); "
+                f"delete {run_dir} to start the demo afresh, or pass --run_dir=ANOTHER_FOLDER.",
+                file=sys.stderr,
+            )
+        raise SystemExit(status)
     with open(os.path.join(model_dir, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     result["seconds"] = time.time() - started
