@@ -32,6 +32,7 @@ EPOCHS = 10
 # One setting changed at a time from the recipe (batch 256, LARS, base lr 1.0 linear scaling,
 # temperature 0.2, colour strength 0.5, crops down to 8%, ResNet-18 width 0.25); the combinations
 # pair the chosen colour strength with the next-best single change.
+MOMENTUM_SGD = ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4")
 GRID: dict[str, tuple[str, ...]] = {
     "base": (),
     "base_seed1": ("--seed=1",),  # the same recipe on other seeds: the grid's noise
@@ -47,34 +48,25 @@ GRID: dict[str, tuple[str, ...]] = {
     "lars_lr_0.3_linear": ("--learning_rate=0.3",),
     "lars_lr_2.0_linear": ("--learning_rate=2.0",),
     "lars_lr_0.075_sqrt": ("--learning_rate=0.075", "--learning_rate_scaling=sqrt"),
-    "sgd_lr_0.1_wd_5e-4": ("--optimizer=momentum", "--learning_rate=0.1", "--weight_decay=5e-4"),
+    "sgd_lr_0.1_wd_5e-4": MOMENTUM_SGD,
     "batch_512": ("--train_batch_size=512",),
     "width_0.5": ("--width_multiplier=0.5",),
     "width_0.5_seed1": ("--width_multiplier=0.5", "--seed=1"),  # is width 0.5 beyond the noise?
     "width_0.5_seed2": ("--width_multiplier=0.5", "--seed=2"),
     "memory_16384_m0.999": ("--memory_size=16384", "--memory_momentum=0.999"),
     "color_1.0_lars_lr_2.0": ("--color_jitter_strength=1.0", "--learning_rate=2.0"),
-    "color_1.0_sgd_lr_0.1_wd_5e-4": (
-        "--color_jitter_strength=1.0",
-        "--optimizer=momentum",
-        "--learning_rate=0.1",
-        "--weight_decay=5e-4",
-    ),
+    "color_1.0_sgd_lr_0.1_wd_5e-4": ("--color_jitter_strength=1.0", *MOMENTUM_SGD),
     # Is momentum SGD's faster climb beyond the noise? Both on three seeds (issue 27).
     "color_1.0_seed1": ("--color_jitter_strength=1.0", "--seed=1"),
     "color_1.0_seed2": ("--color_jitter_strength=1.0", "--seed=2"),
     "color_1.0_sgd_lr_0.1_wd_5e-4_seed1": (
         "--color_jitter_strength=1.0",
-        "--optimizer=momentum",
-        "--learning_rate=0.1",
-        "--weight_decay=5e-4",
+        *MOMENTUM_SGD,
         "--seed=1",
     ),
     "color_1.0_sgd_lr_0.1_wd_5e-4_seed2": (
         "--color_jitter_strength=1.0",
-        "--optimizer=momentum",
-        "--learning_rate=0.1",
-        "--weight_decay=5e-4",
+        *MOMENTUM_SGD,
         "--seed=2",
     ),
 }
