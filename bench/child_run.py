@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from tf_simclr.training.preemption import exit_status
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,7 +37,7 @@ def run_tf_simclr(
     if received is not None:
         name = signal.Signals(received).name
         print(f"{name}: stopped {model_dir} at its checkpoint; the same command resumes it")
-        raise SystemExit(128 + received)
+        raise SystemExit(exit_status(name))
     if child.returncode:
         raise subprocess.CalledProcessError(child.returncode, command)
     return time.time() - started, shown
