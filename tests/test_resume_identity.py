@@ -172,11 +172,15 @@ def test_an_interrupted_training_is_recorded_and_not_taken_for_finished(
 
 
 @pytest.mark.slow
-def test_a_resume_that_changes_the_run_is_refused_before_writing(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("action", [(), ("--print_config",)])
+def test_a_resume_that_changes_the_run_is_refused_before_writing(
+    tmp_path, tmp_path_factory, action
+):
+    """Also by ``--print_config``, which prints what the command would run."""
     model_dir = copy_of_reference(tmp_path_factory, tmp_path / "run")
     before = digests(model_dir)
     changed = ("--train_batch_size=64", "--learning_rate=5", "--image_size=64", "--memory_size=64")
-    finished = run_binary(model_dir, *RESUME_FLAGS, *changed)  # two steps longer, changed
+    finished = run_binary(model_dir, *RESUME_FLAGS, *changed, *action)  # two steps longer
     assert finished.returncode == 2, finished.tail()
     assert "Traceback" not in finished.output
     for named in (
@@ -305,6 +309,7 @@ def model_dir_cases(tmp_path_factory):
         "other_architecture_eval": EVAL_FLAGS,
         "invalid_json": RESUME_FLAGS,
         "missing_newest": EVAL_FLAGS,
+        "missing_newest_waiting": (*EVAL_FLAGS, "--eval_timeout_seconds=1"),
     }
     before = {}
     for name in cases:
@@ -316,7 +321,7 @@ def model_dir_cases(tmp_path_factory):
             config.write_text(json.dumps(saved))
         elif name == "invalid_json":
             config.write_text(config.read_text()[:100])  # cut short
-        else:  # the index names ckpt-12, whose files are gone
+        else:  # missing_newest*: the index names ckpt-12, whose files are gone
             for path in (model_dir / "ckpt").glob(f"ckpt-{REFERENCE_STEPS}.*"):
                 path.unlink()
         before[name] = digests(model_dir)
@@ -351,8 +356,10 @@ def test_a_config_json_that_does_not_parse_is_named_before_writing(model_dir_cas
 
 
 @pytest.mark.slow
-def test_eval_falls_back_over_a_checkpoint_whose_files_are_gone(model_dir_cases):
-    model_dir, _, finished = model_dir_cases["missing_newest"]
+@pytest.mark.parametrize("name", ["missing_newest", "missing_newest_waiting"])
+def test_eval_falls_back_over_a_checkpoint_whose_files_are_gone(model_dir_cases, name):
+    """Also while waiting for new checkpoints: the newest usable one is evaluated at once."""
+    model_dir, _, finished = model_dir_cases[name]
     assert_succeeded(finished)
     gone = model_dir / "ckpt" / f"ckpt-{REFERENCE_STEPS}"
     assert f"skipping checkpoint {gone}: it cannot be read (its files are gone" in finished.output

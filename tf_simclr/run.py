@@ -24,7 +24,8 @@ last occurrence, the one whose value absl keeps, is on the command line outside 
 ``--print_config`` prints the configuration the command would run with, resolved (flagfiles,
 flags, the architecture adopted, defaults), each value with where it came from, and what the
 run decides from the data (it reads the dataset's size and classes: a batch capped to a small
-training set, the number of classes, the total steps); it trains and writes nothing.
+training set, the number of classes, the total steps); it trains and writes nothing. A command
+the run would refuse (e.g. a resume that changes the run) is refused the same way, status 2.
 
 The same from Python: ``tf_simclr.train(tf_simclr.config_from_flags([...flags...]))``.
 

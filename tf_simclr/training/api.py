@@ -167,10 +167,13 @@ def train(config: RunConfig) -> dict:
 
 def plan(config: RunConfig) -> Plan:
     """What :func:`train` would run (:class:`Plan`): the strategy started, the sources, the
-    data and the batch split checked, the data's size and classes read; nothing trained or
-    written, no lock taken. Raises :class:`InvalidConfigError` as :func:`train` does."""
+    data and the batch split checked, the data's size and classes read, what the model_dir
+    holds checked against the command (a resume that would change the run, checkpoints of
+    another model); nothing trained or written, no lock taken. Raises
+    :class:`InvalidConfigError` as :func:`train` does."""
     strategy = _start(config)
     runner = _runner(config, strategy)
+    _check_model_dir(runner)
     return Plan(
         config=dataclasses.replace(runner.config, model=runner.model_config),
         replicas=strategy.num_replicas_in_sync,

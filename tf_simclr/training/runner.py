@@ -601,19 +601,33 @@ def _read_result(model_dir: str) -> dict:
 
 def follow_checkpoints(runner: PhaseRunner) -> dict:
     """``mode=eval``: evaluate the newest usable checkpoint (passing over recorded ones whose
-    files are gone or unusable); with a timeout, every new one until the timeout, skipping
-    unusable ones with a warning."""
+    files are gone or unusable, with a warning); with a timeout, then every newer one until the
+    timeout (a new one found unusable, e.g. pruned by the training run before it was read,
+    gives way to the newest usable one, evaluated unless it was already)."""
     train = runner.config.train
     if not train.eval_timeout_seconds:
         path = checkpoints.find_usable_checkpoint(train.model_dir)[0]
         return _evaluate_checkpoint(runner, path)
     directory = os.path.join(train.model_dir, checkpoints.CKPT_SUBDIR)
     results: dict = {}
-    for path in tf.train.checkpoints_iterator(directory, timeout=train.eval_timeout_seconds):
-        if problem := checkpoints.checkpoint_problem(path):
-            logger.warning("skipping checkpoint %s: it %s", path, problem)
+    evaluated_step = -1
+    newest = checkpoints.newest_usable_in(directory)
+    if newest is not None:
+        results = _evaluate_checkpoint(runner, newest)
+        evaluated_step = checkpoints.checkpoint_step(newest)
+    for _ in tf.train.checkpoints_iterator(directory, timeout=train.eval_timeout_seconds):
+        newest = checkpoints.newest_usable_in(directory)
+        if newest is None or checkpoints.checkpoint_step(newest) <= evaluated_step:
             continue
-        results = _evaluate_checkpoint(runner, path)
+        results = _evaluate_checkpoint(runner, newest)
+        evaluated_step = checkpoints.checkpoint_step(newest)
+    if not results:
+        logger.warning(
+            "nothing evaluated: no usable checkpoint appeared in %s within "
+            "--eval_timeout_seconds=%d",
+            directory,
+            train.eval_timeout_seconds,
+        )
     return results
 
 
