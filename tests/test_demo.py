@@ -4,6 +4,8 @@ recipe's (the spread of the demo's table is measured over seeds)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from absl import flags
 from binary_runs import REPO_ROOT
@@ -22,13 +24,36 @@ def parsed(command: list[str]) -> flags.FlagValues:
 @pytest.mark.parametrize("seed", [0, 2])
 def test_every_phase_runs_its_recipe_with_the_demos_seed(seed, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # the demo runs its children from the repository
-    for name, flagfile, extra in (*demo.PHASES, demo.RELEASED_PHASE):
+    release = demo.best_release()
+    assert release is not None  # pretrained/ is part of the checkout
+    for name, flagfile, extra in (*demo.PHASES, demo.released_phase(release)):
         values = parsed(demo.phase_command(name, flagfile, extra, str(tmp_path), seed))
         assert values.seed == seed
         assert values.model_dir == str(tmp_path / name)
         assert values.train_mode in {"pretrain", "finetune", "distill"}
         if name == "distill_1pct":
             assert values.teacher == str(tmp_path / "finetune_1pct")
+
+
+def write_release(folder, width: float, knn: float, hub: bool = True) -> None:
+    folder.mkdir(parents=True)
+    record = {"resnet_depth": 18, "width_multiplier": width, "epochs": 60.0}
+    (folder / "release.json").write_text(json.dumps({**record, "final_knn_top_1": knn}))
+    if hub:
+        (folder / "hub").mkdir()
+
+
+def test_the_released_row_fine_tunes_the_release_of_highest_knn(tmp_path):
+    assert demo.best_release(str(tmp_path)) is None
+    write_release(tmp_path / "small", 0.25, 0.819)
+    write_release(tmp_path / "wide", 0.5, 0.834)
+    write_release(tmp_path / "unfinished", 1.0, 0.9, hub=False)  # no module: not a release
+    best = demo.best_release(str(tmp_path))
+    assert best.hub == str(tmp_path / "wide" / "hub")
+    assert best.describe() == "released R18 w0.5, 60 epochs"
+    assert demo.released_phase(best)[0] == demo.RELEASED
+    extra = demo.released_phase(best)[2]
+    assert extra == (f"--checkpoint={tmp_path / 'wide' / 'hub'}",)
 
 
 def test_a_demo_folder_of_other_settings_is_named_with_the_way_out(tmp_path, capsys):
