@@ -51,8 +51,8 @@ def test_the_released_row_fine_tunes_the_release_of_highest_knn(tmp_path):
     best = demo.best_release(str(tmp_path))
     assert best.hub == str(tmp_path / "wide" / "hub")
     assert best.describe() == "released R18 w0.5, 60 epochs"
-    assert demo.released_phase(best)[0] == demo.RELEASED
-    extra = demo.released_phase(best)[2]
+    name, _, extra = demo.released_phase(best)
+    assert name == demo.RELEASED
     assert extra == (f"--checkpoint={tmp_path / 'wide' / 'hub'}",)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -611,11 +612,9 @@ def follow_checkpoints(runner: PhaseRunner) -> dict:
     directory = os.path.join(train.model_dir, checkpoints.CKPT_SUBDIR)
     results: dict = {}
     evaluated_step = -1
-    newest = checkpoints.newest_usable_in(directory)
-    if newest is not None:
-        results = _evaluate_checkpoint(runner, newest)
-        evaluated_step = checkpoints.checkpoint_step(newest)
-    for _ in tf.train.checkpoints_iterator(directory, timeout=train.eval_timeout_seconds):
+    # What the model_dir holds now, then each checkpoint the training run records.
+    arrivals = tf.train.checkpoints_iterator(directory, timeout=train.eval_timeout_seconds)
+    for _ in itertools.chain([None], arrivals):
         newest = checkpoints.newest_usable_in(directory)
         if newest is None or checkpoints.checkpoint_step(newest) <= evaluated_step:
             continue
